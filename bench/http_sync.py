@@ -1,0 +1,351 @@
+"""Load generator for the /sync/v1 HTTP endpoints (push, pull, ack) of a real crdt-sync server.
+
+    python -m bench.http_sync                       # sqlite + postgresql, 1/10/50 devices, 10 s
+    python -m bench.http_sync --smoke               # seconds: sqlite, 1 and 2 devices, 1 s
+    python -m bench.http_sync --backends sqlite --concurrency 1,10 --duration 5 --write-docs
+
+It starts `crdt-sync serve` itself (SQLite in a temporary data dir, or a fresh PostgreSQL
+database that it drops afterwards), drives it from client worker processes (see
+`bench.sync_devices`), prints a Markdown table, writes JSON (`bench/results/http_sync.json`
+or `--out`) and, with `--write-docs`, the http_sync section of `docs/benchmarks.md`.
+Exit status 1 when a server could not be started or a workload could not be set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from bench import report, server_process
+from bench.server_process import ServerError, ServerProcess
+from bench.sync_devices import WORKLOADS, DeviceSpec, Settings, worker_main
+
+BACKENDS = ("sqlite", "postgresql")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "http_sync.json"
+DEFAULT_DOCS = report.REPO / "docs" / "benchmarks.md"
+FULL = {
+    "backends": "sqlite,postgresql",
+    "concurrency": "1,10,50",
+    "duration": 10.0,
+    "warmup": 2.0,
+    "batch": 100,
+    "pull_size": 500,
+    "workloads": "push,pull,ack",
+}
+SMOKE = {
+    "backends": "sqlite",
+    "concurrency": "1,2",
+    "duration": 1.0,
+    "warmup": 0.3,
+    "batch": 10,
+    "pull_size": 50,
+    "workloads": "push,pull,ack",
+    "workers": 2,
+}
+DEVICES_PER_WORKER = 25  # one Python client process saturates well before 50 busy devices
+
+
+@dataclass(frozen=True)
+class Config:
+    backends: list[str]
+    concurrency: list[int]
+    workloads: list[str]
+    duration: float
+    warmup: float
+    batch: int
+    pull_size: int
+    workers: int
+    out: Path
+    write_docs: bool
+    docs_path: Path
+    command: str
+
+
+def _csv(value: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if allowed is not None:
+        bad = [v for v in items if v not in allowed]
+        if bad:
+            raise SystemExit(f"unknown value(s) {bad}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_args(argv: list[str]) -> Config:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.http_sync", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--backends", help="comma list of sqlite,postgresql")
+    p.add_argument("--concurrency", help="comma list of device counts (default 1,10,50)")
+    p.add_argument("--duration", type=float, help="measured seconds per cell (default 10)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds before each cell (default 2)")
+    p.add_argument(
+        "--workloads", help=f"comma list of {','.join(WORKLOADS)} (default push,pull,ack)"
+    )
+    p.add_argument("--batch", type=int, help="mutations per push (default 100)")
+    p.add_argument("--pull-size", type=int, help="changes per measured pull (default 500)")
+    p.add_argument("--workers", type=int, help="client processes (default: 1 per 25 devices)")
+    p.add_argument("--smoke", action="store_true", help="tiny run: sqlite, 1 and 2 devices, 1 s")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
+    p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    p.add_argument("--docs-path", type=Path, default=DEFAULT_DOCS, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    preset: dict[str, Any] = SMOKE if a.smoke else FULL
+
+    def pick(name: str) -> Any:
+        value = getattr(a, name)
+        return preset.get(name) if value is None else value
+
+    concurrency = sorted({int(c) for c in _csv(pick("concurrency"))})
+    if not concurrency or concurrency[0] < 1:
+        raise SystemExit("--concurrency needs positive device counts")
+    batch, pull_size = int(pick("batch")), int(pick("pull_size"))
+    if not 1 <= batch <= 500 or not 1 <= pull_size <= 1000:
+        raise SystemExit("--batch must be 1..500 (contract limit), --pull-size 1..1000")
+    workers = pick("workers") or max(1, math.ceil(concurrency[-1] / DEVICES_PER_WORKER))
+    return Config(
+        backends=_csv(pick("backends"), BACKENDS),
+        concurrency=concurrency,
+        workloads=_csv(pick("workloads"), WORKLOADS),
+        duration=float(pick("duration")),
+        warmup=float(pick("warmup")),
+        batch=batch,
+        pull_size=pull_size,
+        workers=min(int(workers), concurrency[-1]),
+        out=a.out,
+        write_docs=a.write_docs,
+        docs_path=a.docs_path,
+        command=shlex.join(["python", "-m", "bench.http_sync", *argv]),
+    )
+
+
+class WorkerError(Exception):
+    """A client worker process failed a command (its message says why)."""
+
+
+class WorkerPool:
+    """Client processes, each with its own event loop; device k lives in worker k % n."""
+
+    def __init__(self, n: int, settings: Settings) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[BaseProcess] = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, settings), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def _gather(self, timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        answers, errors = [], []
+        for i, conn in enumerate(self.conns):
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                raise WorkerError(f"client worker {i} did not answer within {timeout:.0f} s")
+            try:
+                status, payload = conn.recv()
+            except EOFError:
+                raise WorkerError(f"client worker {i} died") from None
+            (answers if status == "ok" else errors).append(payload)
+        if errors:
+            raise WorkerError("; ".join(sorted(set(map(str, errors)))))
+        return answers
+
+    def setup(self, workload: str, specs: list[DeviceSpec], timeout: float = 900.0) -> None:
+        n = len(self.conns)
+        for i, conn in enumerate(self.conns):
+            conn.send(("setup", workload, [s for s in specs if s.index % n == i]))
+        self._gather(timeout)
+
+    def run(
+        self, workload: str, active: int, warmup: float, duration: float, server: ServerProcess
+    ) -> tuple[list[dict[str, Any]], float, float]:
+        """One cell; returns (worker stats, server CPU s, machine busy %) over the window."""
+        start_at = time.time() + 0.3
+        for conn in self.conns:
+            conn.send(("run", workload, active, start_at, warmup, duration))
+        time.sleep(max(0.0, start_at + warmup - time.time()))
+        cpu0, (busy0, total0) = server.cpu_seconds(), server_process.machine_cpu_ticks()
+        time.sleep(max(0.0, start_at + warmup + duration - time.time()))
+        cpu1, (busy1, total1) = server.cpu_seconds(), server_process.machine_cpu_ticks()
+        stats = self._gather(warmup + duration + 120.0)
+        busy_pct = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+        return stats, cpu1 - cpu0, busy_pct
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def user_token(secret: str, tenant: str, user: str) -> str:
+    claims = {"sub": user, "tid": tenant, "roles": ["learner"], "exp": int(time.time()) + 86400}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def device_specs(secret: str, tenant: str, workload: str, count: int) -> list[DeviceSpec]:
+    return [
+        DeviceSpec(
+            index=k,
+            tenant=tenant,
+            user_id=f"{workload}-user-{k}",
+            device_id=f"{workload}-dev-{k}",
+            user_token=user_token(secret, tenant, f"{workload}-user-{k}"),
+        )
+        for k in range(count)
+    ]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Outcome:
+    rows: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    servers: list[dict[str, Any]]
+    pg_version: str | None = None
+
+
+def run_workloads(cfg: Config, backend: str, server: ServerProcess, out: Outcome) -> None:
+    settings = Settings(base_url=server.base_url, batch=cfg.batch, pull_size=cfg.pull_size)
+    pool = WorkerPool(cfg.workers, settings)
+    tenant = f"bench-{secrets.token_hex(4)}"
+    try:
+        for workload in cfg.workloads:
+            specs = device_specs(server.jwt_secret, tenant, workload, cfg.concurrency[-1])
+            t0 = time.monotonic()
+            try:
+                pool.setup(workload, specs)
+            except WorkerError as exc:
+                out.failures.append({"backend": backend, "endpoint": workload, "error": str(exc)})
+                _log(f"{backend} {workload}: setup FAILED: {exc}")
+                continue
+            took = time.monotonic() - t0
+            _log(f"{backend} {workload}: {len(specs)} devices set up in {took:.1f} s")
+            for n in cfg.concurrency:
+                stats, server_cpu, busy = pool.run(workload, n, cfg.warmup, cfg.duration, server)
+                row = report.summarize_cell(
+                    backend, workload, n, stats, cfg.duration, server_cpu, busy
+                )
+                out.rows.append(row)
+                _log(
+                    f"{backend} {workload} x{n}: {row['rps']} req/s, p50 {row['p50_ms']} ms, "
+                    f"p95 {row['p95_ms']} ms, errors {row['errors']} {row['error_codes'] or ''}"
+                )
+    finally:
+        pool.close()
+
+
+def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
+    db_name: str | None = None
+    database_url: str | None = None
+    if backend == "postgresql":
+        out.pg_version = server_process.pg_version()
+        if out.pg_version is None:
+            reason = f"PostgreSQL not reachable at {server_process.PG_ADMIN_DSN}"
+            print(f"note: skipping postgresql: {reason}", flush=True)
+            out.skipped.append({"backend": backend, "reason": reason})
+            return
+        db_name, database_url = server_process.create_database()
+    data_dir = Path(tempfile.mkdtemp(prefix=f"crdt-bench-{backend}-"))
+    server = ServerProcess(data_dir=data_dir, database_url=database_url)
+    try:
+        server.start()
+        _log(
+            f"{backend}: server ready at {server.base_url} (pid {server.proc and server.proc.pid})"
+        )
+        run_workloads(cfg, backend, server, out)
+    except (ServerError, WorkerError) as exc:
+        out.failures.append({"backend": backend, "error": str(exc)})
+        _log(f"{backend}: FAILED: {exc}")
+    finally:
+        server.stop()
+        info = {"backend": backend, "exit_code": server.exit_code, "shutdown_s": server.shutdown_s}
+        out.servers.append(info)
+        if server.exit_code not in (0, None):
+            _log(f"{backend}: server exited with {server.exit_code} after SIGTERM:")
+            _log(server.log_tail(20))
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if db_name:
+            server_process.drop_database(db_name)
+
+
+def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]:
+    return {
+        "meta": {
+            "started_at": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "command": cfg.command,
+            "commit": report.git_commit(),
+            "machine": report.machine_info(),
+            "postgresql_version": out.pg_version,
+            "params": {
+                "backends": cfg.backends,
+                "concurrency": cfg.concurrency,
+                "workloads": cfg.workloads,
+                "duration": cfg.duration,
+                "warmup": cfg.warmup,
+                "batch": cfg.batch,
+                "pull_size": cfg.pull_size,
+                "workers": cfg.workers,
+            },
+            "servers": out.servers,
+        },
+        "results": out.rows,
+        "saturation": report.saturation(out.rows),
+        "skipped": out.skipped,
+        "failures": out.failures,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    started = datetime.now(UTC)
+    out = Outcome(rows=[], skipped=[], failures=[], servers=[])
+    try:
+        server_process.find_cli()
+    except ServerError as exc:
+        _log(f"error: {exc}")
+        return 1
+    for backend in cfg.backends:
+        run_backend(cfg, backend, out)
+    result = build_report(cfg, out, started)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report.markdown_tables(result))
+    print(f"\nJSON: {cfg.out}")
+    if cfg.write_docs:
+        report.update_docs(cfg.docs_path, report.docs_section(result))
+        print(f"docs: {cfg.docs_path}")
+    return 1 if out.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Statistics, the Markdown report, the machine description and the docs/benchmarks.md section."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS_BEGIN = "<!-- http_sync:begin -->"
+DOCS_END = "<!-- http_sync:end -->"
+PACKAGES = (
+    "crdt-sync",
+    "quart",
+    "hypercorn",
+    "sqlalchemy",
+    "aiosqlite",
+    "asyncpg",
+    "pyjwt",
+    "httpx",
+    "pycrdt",
+)
+
+WHAT_IS_MEASURED = """\
+What is measured: simulated player devices in separate client processes (multiprocessing,
+one asyncio loop and one `httpx.AsyncClient` per device: HTTP/1.1 keep-alive over loopback)
+against `crdt-sync serve` started by the benchmark. Each device is its own user of one tenant,
+registered with `POST /sync/v1/devices`; every request carries the device token and the HMAC
+headers. Closed loop: a device sends its next request as soon as the last one returned. Each
+cell runs a warm-up, then the measured window; a request counts when it *completes* inside the
+window. Latency is client-side, from just before sending to the full response body.
+
+- **push**: `POST /sync/v1/push` with `{batch}` `progress` puts (`course-0…{batch_last}` of the
+  device's user, a fresh `mutation_id` each, the device's own clock entry incremented per
+  mutation, so each is `applied` over the previous version: an update, not an insert).
+- **pull**: a 500-entity delta. Before the cell each device takes cursor C0 on its empty user,
+  pushes {pull_size} `progress` entities, and checks that `pull?cursor=C0&limit={pull_size}`
+  returns exactly {pull_size} changes. The measured request repeats that same delta pull from
+  C0 (nothing is written meanwhile), so every pull serializes {pull_size} changes.
+- **pull_full** (only with `--workloads`): the same seed, pulled without a cursor (a full resync
+  page of the current state).
+- **ack**: `POST /sync/v1/ack` with a cursor the device got from a pull → `204`.
+
+req/s is per cell (all devices); items/s counts mutations (push) or changes (pull). Any non-2xx
+or transport failure is an error, counted over warm-up and window, by status and error code.
+CPU: client = the busiest client process / all client processes, server = `crdt-sync` and its
+children, each in % of one core; machine = all cores busy, in % of the whole machine (this also
+covers PostgreSQL). Saturation = the highest req/s seen over the concurrency levels.
+"""
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    frac = pos - lo
+    return sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def summarize_cell(
+    backend: str,
+    workload: str,
+    concurrency: int,
+    worker_stats: list[dict[str, Any]],
+    duration: float,
+    server_cpu_s: float,
+    machine_busy_pct: float,
+) -> dict[str, Any]:
+    """Merge the workers' samples of one cell into one result row."""
+    latencies = sorted(x for w in worker_stats for x in w["latencies_ms"])
+    errors: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    for w in worker_stats:
+        errors.update(w["errors"])
+        statuses.update(w["statuses"])
+    requests = sum(w["requests"] for w in worker_stats)
+    items = sum(w["items"] for w in worker_stats)
+    active = [w for w in worker_stats if w["window_s"] > 0]
+    cpu_pcts = [100.0 * w["cpu_s"] / w["window_s"] for w in active]
+    return {
+        "backend": backend,
+        "endpoint": workload,
+        "concurrency": concurrency,
+        "requests": requests,
+        "rps": _r(requests / duration),
+        "items_per_s": _r(items / duration, 1) if workload != "ack" else None,
+        "p50_ms": _r(percentile(latencies, 50)),
+        "p95_ms": _r(percentile(latencies, 95)),
+        "p99_ms": _r(percentile(latencies, 99)),
+        "mean_ms": _r(sum(latencies) / len(latencies) if latencies else None),
+        "max_ms": _r(latencies[-1] if latencies else None),
+        "errors": sum(errors.values()),
+        "error_codes": dict(errors),
+        "statuses": dict(statuses),
+        "client_processes": len(worker_stats),
+        "client_cpu_pct_max": _r(max(cpu_pcts, default=0.0), 1),
+        "client_cpu_pct_total": _r(sum(cpu_pcts), 1),
+        "server_cpu_pct": _r(100.0 * server_cpu_s / duration, 1),
+        "machine_cpu_pct": _r(machine_busy_pct, 1),
+    }
+
+
+def saturation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["backend"], row["endpoint"])
+        if key not in best or row["rps"] > best[key]["rps"]:
+            best[key] = row
+    return [
+        {
+            "backend": b,
+            "endpoint": e,
+            "max_rps": row["rps"],
+            "at_concurrency": row["concurrency"],
+            "p95_ms": row["p95_ms"],
+            "items_per_s": row["items_per_s"],
+        }
+        for (b, e), row in best.items()
+    ]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    return str(value)
+
+
+def _errors_cell(row: dict[str, Any]) -> str:
+    if not row["errors"]:
+        return "0"
+    codes = ", ".join(f"{k} x{v}" for k, v in sorted(row["error_codes"].items()))
+    return f"{row['errors']} ({codes})"
+
+
+def markdown_tables(report: dict[str, Any]) -> str:
+    head = (
+        "| backend | endpoint | devices | requests | req/s | items/s | p50 ms | p95 ms | p99 ms "
+        "| errors | client CPU % (max/all) | server CPU % | machine CPU % |"
+    )
+    lines = [head, "|" + "---|" * 13]
+    for r in report["results"]:
+        cpu = f"{_cell(r['client_cpu_pct_max'])} / {_cell(r['client_cpu_pct_total'])}"
+        cells = [
+            r["backend"],
+            r["endpoint"],
+            r["concurrency"],
+            r["requests"],
+            r["rps"],
+            r["items_per_s"],
+            r["p50_ms"],
+            r["p95_ms"],
+            r["p99_ms"],
+            _errors_cell(r),
+            cpu,
+            r["server_cpu_pct"],
+            r["machine_cpu_pct"],
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Saturation (highest req/s over the concurrency levels):", ""]
+    lines += ["| backend | endpoint | max req/s | at devices | p95 ms there | items/s |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for s in report["saturation"]:
+        cells = [
+            s["backend"],
+            s["endpoint"],
+            s["max_rps"],
+            s["at_concurrency"],
+            s["p95_ms"],
+            s["items_per_s"],
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    odd = [r for r in report["results"] if set(r["statuses"]) - {"applied"}]
+    for r in odd:
+        lines.append(
+            f"\nNote: {r['backend']} {r['endpoint']} x{r['concurrency']}: result statuses "
+            f"{r['statuses']}"
+        )
+    for s in report["skipped"]:
+        lines.append(f"\nSkipped {s['backend']}: {s['reason']}")
+    for f in report["failures"]:
+        lines.append(f"\nFAILED {f['backend']} {f.get('endpoint', '')}: {f['error']}")
+    return "\n".join(lines)
+
+
+def _meminfo_total() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                kib = int(line.split()[1])
+                return f"{kib / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "memory": _meminfo_total(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "packages": {p: _version(p) for p in PACKAGES},
+        "executable": sys.executable,
+    }
+
+
+def docs_section(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    m = meta["machine"]
+    pkgs = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+    params = meta["params"]
+    pg = meta.get("postgresql_version")
+    measured = WHAT_IS_MEASURED.format(
+        batch=params["batch"], batch_last=params["batch"] - 1, pull_size=params["pull_size"]
+    )
+    return "\n".join(
+        [
+            DOCS_BEGIN,
+            "## HTTP sync: push / pull / ack",
+            "",
+            f"Measured {meta['finished_at']} at commit `{meta['commit'] or 'uncommitted'}` with",
+            "",
+            "```",
+            meta["command"],
+            "```",
+            "",
+            f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} memory, Linux {m['kernel']},",
+            f"Python {m['python']}, SQLite {m['sqlite']}"
+            + (f", PostgreSQL {pg}" if pg else "")
+            + f"; {pkgs}.",
+            f"Client processes: {params['workers']}; {params['duration']} s per cell after "
+            f"{params['warmup']} s warm-up. Client and server share the machine.",
+            "",
+            measured,
+            markdown_tables(report),
+            DOCS_END,
+        ]
+    )
+
+
+def update_docs(path: Path, section: str) -> None:
+    if path.exists():
+        text = path.read_text()
+    else:
+        text = (
+            "# Benchmarks\n\nReproducible numbers for crdt-sync; every section names the command "
+            "and the commit it measured. Regenerate a section with its command plus "
+            "`--write-docs`.\n"
+        )
+    if DOCS_BEGIN in text and DOCS_END in text:
+        before = text[: text.index(DOCS_BEGIN)]
+        after = text[text.index(DOCS_END) + len(DOCS_END) :]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

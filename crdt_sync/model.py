@@ -1,0 +1,241 @@
+"""Aggregates and value objects of the sync domain, validated on construction."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from crdt_sync.errors import InvalidInput
+from crdt_sync.vector_clock import VectorClock
+
+MAX_ID = 200
+Op = Literal["put", "delete"]
+Scope = Literal["user", "tenant"]
+
+
+def check_id(value: Any, what: str) -> str:
+    """Ids are opaque strings of 1..200 characters: data, never parsed."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID:
+        raise InvalidInput(f"{what} must be a string of 1..{MAX_ID} characters")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} must not contain NUL")
+    return value
+
+
+class Status(enum.StrEnum):
+    APPLIED = "applied"
+    MERGED = "merged"
+    CONFLICT = "conflict"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class EntityKey:
+    """Where an entity lives: tenant, type, id and owner ('' for tenant-scoped types)."""
+
+    tenant_id: str
+    entity_type: str
+    entity_id: str
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        check_id(self.tenant_id, "tenant id")
+        check_id(self.entity_type, "entity_type")
+        check_id(self.entity_id, "entity_id")
+        if self.owner:
+            check_id(self.owner, "owner")
+
+
+@dataclass(frozen=True)
+class EntityState:
+    """The stored current state of one entity; a delete leaves a tombstone (deleted=True)."""
+
+    key: EntityKey
+    payload: dict[str, Any] | None
+    clock: VectorClock
+    deleted: bool = False
+    ts: int = 0  # hybrid logical time (ms) of the write that produced it
+    device_id: str = ""  # who wrote it ('' for the server)
+    seq: int = 0  # position in the tenant's commit-ordered change log
+
+    def __post_init__(self) -> None:
+        if self.deleted and self.payload is not None:
+            raise InvalidInput("a tombstone has no payload")
+        if not self.deleted and self.payload is None:
+            raise InvalidInput("a live entity has a payload")
+
+    @property
+    def op(self) -> Op:
+        return "delete" if self.deleted else "put"
+
+
+@dataclass(frozen=True)
+class LocalMutation:
+    """One mutation a device made offline, as pushed."""
+
+    mutation_id: str
+    entity_type: str
+    entity_id: str
+    op: Op
+    payload: dict[str, Any] | None
+    clock: VectorClock
+    ts: int | None = None
+
+    def __post_init__(self) -> None:
+        check_id(self.mutation_id, "mutation_id")
+        check_id(self.entity_type, "entity_type")
+        check_id(self.entity_id, "entity_id")
+        if self.op not in ("put", "delete"):
+            raise InvalidInput("op must be 'put' or 'delete'")
+        if self.op == "put" and not isinstance(self.payload, dict):
+            raise InvalidInput("a put needs an object payload")
+        if self.op == "delete" and self.payload is not None:
+            raise InvalidInput("a delete has a null payload")
+        if not self.clock:
+            raise InvalidInput("clock must name at least one node")
+        if self.ts is not None and (
+            isinstance(self.ts, bool) or not isinstance(self.ts, int) or self.ts < 0
+        ):
+            raise InvalidInput("ts must be a non-negative integer (ms since the epoch)")
+
+
+@dataclass(frozen=True)
+class MutationResult:
+    mutation_id: str
+    status: Status
+    clock: VectorClock | None = None
+    conflict_id: str | None = None
+    error: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mutation_id": self.mutation_id,
+            "status": self.status.value,
+            "clock": self.clock.to_json() if self.clock is not None else None,
+        }
+        if self.conflict_id is not None:
+            out["conflict_id"] = self.conflict_id
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MutationResult:
+        clock = data.get("clock")
+        return cls(
+            mutation_id=data["mutation_id"],
+            status=Status(data["status"]),
+            clock=VectorClock.from_json(clock) if clock is not None else None,
+            conflict_id=data.get("conflict_id"),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class SyncRegistration:
+    """A device's binding to (tenant, user). Revoked devices never sync again."""
+
+    tenant_id: str
+    device_id: str
+    user_id: str
+    generation: int = 1  # bumps on every re-registration, rotating the device secret
+    revoked: bool = False
+    name: str = ""
+    platform: str = ""
+
+    def __post_init__(self) -> None:
+        check_id(self.tenant_id, "tenant id")
+        check_id(self.device_id, "device_id")
+        check_id(self.user_id, "user id")
+        if self.generation < 1:
+            raise InvalidInput("generation starts at 1")
+
+    def owned_by(self, tenant_id: str, user_id: str) -> bool:
+        return self.tenant_id == tenant_id and self.user_id == user_id
+
+
+@dataclass(frozen=True)
+class SyncCursor:
+    """A position in a tenant's change log, issued to one device.
+
+    `seq` is the last change the device has been sent. While `snapshot_seq` is set the device
+    is still paging through the initial state taken at that seq: tombstones at or below it are
+    skipped (the device never had those entities), later ones are sent.
+    """
+
+    tenant_id: str
+    device_id: str
+    seq: int
+    scope: str
+    issued_at: int  # unix seconds
+    snapshot_seq: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq < 0:
+            raise InvalidInput("cursor seq is non-negative")
+        if self.snapshot_seq is not None and self.snapshot_seq < 0:
+            raise InvalidInput("cursor snapshot seq is non-negative")
+
+
+class ConflictStatus(enum.StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """Both sides of a concurrent write under a `manual` policy, until an admin resolves it."""
+
+    conflict_id: str
+    key: EntityKey
+    server_payload: dict[str, Any] | None
+    server_clock: VectorClock
+    client_payload: dict[str, Any] | None
+    client_clock: VectorClock
+    client_device: str
+    created_at: datetime
+    status: ConflictStatus = ConflictStatus.OPEN
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    resolved_payload: dict[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if (self.status is ConflictStatus.RESOLVED) != (self.resolved_at is not None):
+            raise InvalidInput("a conflict has resolved_at exactly when it is resolved")
+        if self.status is ConflictStatus.RESOLVED and self.resolution not in (
+            "server",
+            "client",
+            "custom",
+        ):
+            raise InvalidInput("a resolved conflict names its choice")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "conflict_id": self.conflict_id,
+            "entity_type": self.key.entity_type,
+            "entity_id": self.key.entity_id,
+            "owner": self.key.owner or None,
+            "status": self.status.value,
+            "created_at": rfc3339(self.created_at),
+            "resolved_at": rfc3339(self.resolved_at) if self.resolved_at else None,
+            "resolution": self.resolution,
+            "server": {"payload": self.server_payload, "clock": self.server_clock.to_json()},
+            "client": {
+                "payload": self.client_payload,
+                "clock": self.client_clock.to_json(),
+                "device_id": self.client_device,
+            },
+        }
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

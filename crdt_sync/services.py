@@ -1,0 +1,418 @@
+"""Application services: push, pull, ack, devices, admin writes, conflict resolution, restore.
+
+Written against the ports in `ports.py`; the web layer authenticates, decodes and calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from crdt_sync.errors import Conflict, Forbidden, InvalidInput, NotFound, ResyncRequired
+from crdt_sync.model import (
+    ConflictRecord,
+    ConflictStatus,
+    EntityKey,
+    EntityState,
+    LocalMutation,
+    MutationResult,
+    Status,
+    SyncCursor,
+    SyncRegistration,
+    canonical_json,
+)
+from crdt_sync.policies import Decision, Write
+from crdt_sync.ports import Clock, Snapshot, SyncStore, WriteTx
+from crdt_sync.registry import MAX_PAYLOAD_BYTES, EntityRegistry, EntityType
+from crdt_sync.vector_clock import SERVER_NODE, Ordering, VectorClock
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    archive_retention_s: float = 30 * DAY
+    tombstone_retention_s: float = 30 * DAY
+    cursor_max_age_s: float = 90 * DAY
+    max_future_skew_ms: int = 60_000
+    max_batch: int = 500
+    default_pull_limit: int = 500
+    max_pull_limit: int = 1000
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    """Who is calling: an authenticated device bound to (tenant, user)."""
+
+    tenant_id: str
+    user_id: str
+    device_id: str
+
+
+@dataclass(frozen=True)
+class PullPage:
+    changes: list[EntityState]
+    cursor: SyncCursor
+    has_more: bool
+
+
+def entity_snapshot_content(state: EntityState | None) -> bytes:
+    body: dict[str, Any] = {"exists": state is not None}
+    if state is not None:
+        body.update(
+            payload=state.payload,
+            deleted=state.deleted,
+            clock=state.clock.to_json(),
+            ts=state.ts,
+            device_id=state.device_id,
+        )
+    return canonical_json(body).encode()
+
+
+def entity_to_json(state: EntityState) -> dict[str, Any]:
+    return {
+        "entity_type": state.key.entity_type,
+        "entity_id": state.key.entity_id,
+        "op": state.op,
+        "payload": state.payload,
+        "clock": state.clock.to_json(),
+    }
+
+
+class SyncService:
+    def __init__(
+        self,
+        store: SyncStore,
+        registry: EntityRegistry,
+        clock: Clock,
+        settings: Settings | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.settings = settings or Settings()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def key_for(self, tenant_id: str, etype: EntityType, entity_id: str, user_id: str) -> EntityKey:
+        return EntityKey(tenant_id, etype.name, entity_id, user_id if etype.scope == "user" else "")
+
+    def _snapshot(
+        self,
+        key: EntityKey,
+        state: EntityState | None,
+        reason: str,
+        now: datetime,
+        device_id: str = "",
+    ) -> Snapshot:
+        return Snapshot(
+            snapshot_id=uuid.uuid4().hex,
+            tenant_id=key.tenant_id,
+            kind="entity",
+            entity_type=key.entity_type,
+            entity_id=key.entity_id,
+            owner=key.owner,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.settings.archive_retention_s),
+            reason=reason,
+            content=entity_snapshot_content(state),
+            device_id=device_id,
+        )
+
+    # -- push ---------------------------------------------------------------------------
+
+    async def push(
+        self, ctx: DeviceContext, mutations: Sequence[LocalMutation]
+    ) -> list[MutationResult]:
+        if len(mutations) > self.settings.max_batch:
+            raise InvalidInput(
+                f"at most {self.settings.max_batch} mutations per push", code="batch_too_large"
+            )
+        now = self.clock.now()
+        async with self.store.write(ctx.tenant_id, now) as tx:
+            prior = await tx.get_results(ctx.device_id, [m.mutation_id for m in mutations])
+            keys = []
+            for m in mutations:
+                etype = self.registry.get(m.entity_type)
+                if etype is not None:
+                    keys.append(self.key_for(ctx.tenant_id, etype, m.entity_id, ctx.user_id))
+            states = await tx.get_entities(keys)
+            results: list[MutationResult] = []
+            fresh: list[MutationResult] = []
+            for m in mutations:
+                first = prior.get(m.mutation_id)
+                if first is not None:
+                    results.append(replace(first, status=Status.DUPLICATE))
+                    continue
+                result = await self._apply(tx, ctx, m, states, now)
+                prior[m.mutation_id] = result
+                fresh.append(result)
+                results.append(result)
+            await tx.put_results(ctx.device_id, fresh)
+        return results
+
+    async def _apply(
+        self,
+        tx: WriteTx,
+        ctx: DeviceContext,
+        m: LocalMutation,
+        states: dict[EntityKey, EntityState],
+        now: datetime,
+    ) -> MutationResult:
+        def rejected(code: str, message: str) -> MutationResult:
+            return MutationResult(
+                m.mutation_id, Status.REJECTED, error={"code": code, "message": message}
+            )
+
+        etype = self.registry.get(m.entity_type)
+        if etype is None:
+            return rejected("unknown_entity_type", f"no entity type {m.entity_type!r}")
+        if not etype.device_writable:
+            return rejected("read_only", f"{etype.name!r} is written by the server only")
+        if m.payload is not None:
+            if len(canonical_json(m.payload).encode()) > MAX_PAYLOAD_BYTES:
+                return rejected("payload_too_large", f"payload over {MAX_PAYLOAD_BYTES} bytes")
+            problems = etype.shape.problems(m.entity_id, m.payload)
+            if problems:
+                return rejected("invalid_payload", "; ".join(problems))
+
+        key = self.key_for(ctx.tenant_id, etype, m.entity_id, ctx.user_id)
+        stored = states.get(key)
+        now_ms = int(now.timestamp() * 1000)
+        ts = now_ms if m.ts is None else min(m.ts, now_ms + self.settings.max_future_skew_ms)
+        write = Write(m, ctx.device_id, ts)
+        policy = etype.policy
+        decision: Decision
+        if stored is None:
+            decision = policy.on_dominating(None, write)
+        else:
+            order = m.clock.compare(stored.clock)
+            if order is Ordering.AFTER:
+                decision = policy.on_dominating(stored, write)
+            elif order is Ordering.CONCURRENT:
+                decision = policy.on_concurrent(stored, write)
+            else:
+                decision = policy.on_stale(stored, write)
+
+        status = decision.status
+        if status is Status.REJECTED:
+            return rejected(decision.error_code or "rejected", decision.error_message or "")
+        if status is Status.STALE:
+            assert stored is not None
+            return MutationResult(m.mutation_id, Status.STALE, clock=stored.clock)
+        if status is Status.CONFLICT:
+            assert stored is not None
+            await tx.archive(self._snapshot(key, stored, "conflict", now, ctx.device_id))
+            record = ConflictRecord(
+                conflict_id=uuid.uuid4().hex,
+                key=key,
+                server_payload=stored.payload,
+                server_clock=stored.clock,
+                client_payload=m.payload,
+                client_clock=m.clock,
+                client_device=ctx.device_id,
+                created_at=now,
+            )
+            await tx.put_conflict(record)
+            return MutationResult(
+                m.mutation_id, Status.CONFLICT, clock=stored.clock, conflict_id=record.conflict_id
+            )
+
+        if status is Status.MERGED:
+            assert stored is not None
+            await tx.archive(self._snapshot(key, stored, "merge", now, ctx.device_id))
+            clock = stored.clock.merge(m.clock).increment(SERVER_NODE)
+            winner_ts, winner_dev = (
+                (ts, ctx.device_id) if decision.from_incoming else (stored.ts, stored.device_id)
+            )
+        else:  # APPLIED
+            clock = m.clock if stored is None else stored.clock.merge(m.clock)
+            winner_ts, winner_dev = ts, ctx.device_id
+        new_state = EntityState(
+            key=key,
+            payload=None if decision.deleted else decision.payload,
+            clock=clock,
+            deleted=decision.deleted,
+            ts=winner_ts,
+            device_id=winner_dev,
+        )
+        states[key] = await tx.put_entity(new_state)
+        return MutationResult(m.mutation_id, status, clock=clock)
+
+    # -- pull and ack -------------------------------------------------------------------
+
+    def scope_token(self) -> str:
+        return self.registry.scope_token()
+
+    async def check_cursor(self, ctx: DeviceContext, cursor: SyncCursor) -> None:
+        if cursor.tenant_id != ctx.tenant_id or cursor.device_id != ctx.device_id:
+            raise Forbidden("this cursor was issued to another device", code="device_mismatch")
+
+    async def pull(self, ctx: DeviceContext, cursor: SyncCursor | None, limit: int) -> PullPage:
+        if not 1 <= limit <= self.settings.max_pull_limit:
+            raise InvalidInput(f"limit must be 1..{self.settings.max_pull_limit}")
+        now = self.clock.now()
+        head, horizon = await self.store.head(ctx.tenant_id)
+        if cursor is None:
+            after, snapshot_seq = 0, head
+        else:
+            await self.check_cursor(ctx, cursor)
+            self._servable(cursor, head, horizon, now)
+            after, snapshot_seq = cursor.seq, cursor.snapshot_seq or 0
+        rows = await self.store.read_changes(
+            ctx.tenant_id, ctx.user_id, after, limit + 1, skip_tombstones_upto=snapshot_seq
+        )
+        has_more = len(rows) > limit
+        rows = rows[:limit]
+        # Without more rows, everything up to `head` (all committed) has been seen.
+        position = rows[-1].seq if has_more else max([after, head, *(r.seq for r in rows)])
+        next_cursor = SyncCursor(
+            tenant_id=ctx.tenant_id,
+            device_id=ctx.device_id,
+            seq=position,
+            scope=self.scope_token(),
+            issued_at=int(now.timestamp()),
+            snapshot_seq=snapshot_seq if snapshot_seq > position else None,
+        )
+        return PullPage(rows, next_cursor, has_more)
+
+    def _servable(self, cursor: SyncCursor, head: int, horizon: int, now: datetime) -> None:
+        if cursor.scope != self.scope_token():
+            raise ResyncRequired("scope_changed", "the set of synced types changed")
+        if now.timestamp() - cursor.issued_at > self.settings.cursor_max_age_s:
+            raise ResyncRequired("cursor_expired", "the cursor is too old")
+        if cursor.seq > head:
+            raise ResyncRequired("invalid_cursor", "the cursor is ahead of this server's log")
+        if cursor.seq < horizon:
+            raise ResyncRequired(
+                "tombstone_horizon", "deletes after this cursor were already pruned"
+            )
+
+    async def ack(self, ctx: DeviceContext, cursor: SyncCursor) -> None:
+        await self.check_cursor(ctx, cursor)
+        await self.store.record_ack(ctx.tenant_id, ctx.device_id, cursor.seq, self.clock.now())
+
+    # -- devices ------------------------------------------------------------------------
+
+    async def register_device(
+        self, tenant_id: str, user_id: str, device_id: str, name: str = "", platform: str = ""
+    ) -> SyncRegistration:
+        existing = await self.store.get_device(tenant_id, device_id)
+        if existing is not None and existing.registration.user_id != user_id:
+            raise Conflict("this device id is registered to another user", code="device_taken")
+        generation = 1 if existing is None else existing.registration.generation + 1
+        registration = SyncRegistration(
+            tenant_id, device_id, user_id, generation, False, name, platform
+        )
+        await self.store.save_device(registration, self.clock.now())
+        return registration
+
+    async def revoke_device(
+        self, tenant_id: str, device_id: str, by_user: str | None
+    ) -> SyncRegistration:
+        """Revoke; `by_user` None means an admin of the tenant."""
+        existing = await self.store.get_device(tenant_id, device_id)
+        if existing is None or (by_user is not None and existing.registration.user_id != by_user):
+            raise NotFound("no such device")
+        revoked = replace(existing.registration, revoked=True)
+        await self.store.save_device(revoked, self.clock.now())
+        return revoked
+
+    # -- admin: server-authored state, conflicts, restore -------------------------------
+
+    def admin_key(self, tenant_id: str, entity_type: str, entity_id: str, owner: str) -> EntityKey:
+        etype = self.registry.get(entity_type)
+        if etype is None:
+            raise NotFound(f"no entity type {entity_type!r}", code="unknown_entity_type")
+        if etype.scope == "user" and not owner:
+            raise InvalidInput(f"{entity_type!r} is per user: give ?owner=USER")
+        if etype.scope == "tenant" and owner:
+            raise InvalidInput(f"{entity_type!r} is tenant-wide: leave owner out")
+        return EntityKey(tenant_id, entity_type, entity_id, owner)
+
+    async def admin_write(self, key: EntityKey, payload: dict[str, Any] | None) -> EntityState:
+        """A server-authored put (payload) or delete (None): a new version that dominates."""
+        etype = self.registry.get(key.entity_type)
+        assert etype is not None
+        if payload is not None:
+            problems = etype.shape.problems(key.entity_id, payload)
+            if problems:
+                raise InvalidInput("; ".join(problems), code="invalid_payload")
+        now = self.clock.now()
+        async with self.store.write(key.tenant_id, now) as tx:
+            stored = (await tx.get_entities([key])).get(key)
+            clock = (stored.clock if stored else VectorClock()).increment(SERVER_NODE)
+            state = EntityState(
+                key, payload, clock, payload is None, int(now.timestamp() * 1000), ""
+            )
+            return await tx.put_entity(state)
+
+    async def resolve_conflict(
+        self, tenant_id: str, conflict_id: str, choice: str, payload: dict[str, Any] | None
+    ) -> EntityState:
+        if choice not in ("server", "client", "custom"):
+            raise InvalidInput("choice must be 'server', 'client' or 'custom'")
+        if (choice == "custom") != isinstance(payload, dict):
+            raise InvalidInput("a payload object goes with choice 'custom' only")
+        now = self.clock.now()
+        async with self.store.write(tenant_id, now) as tx:
+            record = await tx.get_conflict(conflict_id)
+            if record is None:
+                raise NotFound("no such conflict")
+            if record.status is ConflictStatus.RESOLVED:
+                raise Conflict("this conflict is already resolved", code="already_resolved")
+            chosen = {
+                "server": record.server_payload,
+                "client": record.client_payload,
+                "custom": payload,
+            }[choice]
+            key = record.key
+            stored = (await tx.get_entities([key])).get(key)
+            await tx.archive(self._snapshot(key, stored, "conflict_resolution", now))
+            base = stored.clock if stored else VectorClock()
+            clock = base.merge(record.client_clock).increment(SERVER_NODE)
+            state = await tx.put_entity(
+                EntityState(key, chosen, clock, chosen is None, int(now.timestamp() * 1000), "")
+            )
+            await tx.put_conflict(
+                replace(
+                    record,
+                    status=ConflictStatus.RESOLVED,
+                    resolved_at=now,
+                    resolution=choice,
+                    resolved_payload=chosen,
+                )
+            )
+            return state
+
+    async def restore_entity(self, tenant_id: str, snapshot_id: str) -> tuple[str, EntityState]:
+        """Make the entity equal to the snapshot, as a new version; archive the state first.
+        Returns the id of the pre-restore snapshot and the new state."""
+        snapshot = await self.store.get_snapshot(tenant_id, snapshot_id)
+        if snapshot is None or snapshot.kind != "entity":
+            raise NotFound("no such snapshot")
+        content = json.loads(snapshot.content)
+        key = EntityKey(tenant_id, snapshot.entity_type, snapshot.entity_id, snapshot.owner)
+        now = self.clock.now()
+        async with self.store.write(tenant_id, now) as tx:
+            stored = (await tx.get_entities([key])).get(key)
+            pre = self._snapshot(key, stored, "restore", now)
+            await tx.archive(pre)
+            base = stored.clock if stored else VectorClock()
+            payload = content.get("payload") if content.get("exists") else None
+            deleted = payload is None
+            state = await tx.put_entity(
+                EntityState(
+                    key,
+                    payload,
+                    base.increment(SERVER_NODE),
+                    deleted,
+                    int(now.timestamp() * 1000),
+                    "",
+                )
+            )
+        return pre.snapshot_id, state

@@ -1,0 +1,1 @@
+"""Sans-I/O wire code of /sync/v1: request parsing, cursor tokens, HMAC integrity, errors."""

@@ -1,0 +1,60 @@
+"""HMAC integrity of /sync/v1 requests (design.md §3) and device-secret derivation.
+
+Device secrets are never stored: each is derived from the server's key, the device's
+(tenant, id) and its registration generation, so re-registration rotates it and a dump of
+the database holds nothing a client could sign with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from protocol.errors import AuthError
+
+MAX_SKEW_S = 300
+
+
+def canonical_message(timestamp: str, method: str, path: str, device_id: str, body: bytes) -> bytes:
+    body_hash = hashlib.sha256(body).hexdigest()
+    return f"{timestamp}\n{method.upper()}\n{path}\n{device_id}\n{body_hash}".encode()
+
+
+def sign(secret: str, timestamp: str, method: str, path: str, device_id: str, body: bytes) -> str:
+    message = canonical_message(timestamp, method, path, device_id, body)
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def verify(
+    secret: str,
+    *,
+    timestamp: str | None,
+    signature: str | None,
+    method: str,
+    path: str,
+    device_id: str,
+    body: bytes,
+    now: float,
+    max_skew_s: float = MAX_SKEW_S,
+) -> None:
+    """Raise AuthError with the contract's code unless the request is signed and fresh."""
+    if not timestamp or not signature:
+        raise AuthError(
+            "X-Sync-Timestamp and X-Sync-Signature are required", code="signature_required"
+        )
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        raise AuthError("X-Sync-Timestamp must be unix seconds", code="bad_signature") from None
+    if abs(now - ts) > max_skew_s:
+        raise AuthError(
+            f"X-Sync-Timestamp is more than {max_skew_s:g} s off", code="stale_timestamp"
+        )
+    expected = sign(secret, timestamp, method, path, device_id, body)
+    if not hmac.compare_digest(expected, signature.strip().lower()):
+        raise AuthError("the request signature does not match", code="bad_signature")
+
+
+def derive_device_secret(server_key: bytes, tenant_id: str, device_id: str, generation: int) -> str:
+    message = f"device-secret\n{tenant_id}\n{device_id}\n{generation}".encode()
+    return hmac.new(server_key, message, hashlib.sha256).hexdigest()

@@ -1,0 +1,128 @@
+"""Request bodies of /sync/v1 and /admin/v1: JSON in, validated domain values out.
+
+Every malformed input raises `BadRequest` (400) with a message that says what is wrong;
+nothing else escapes these functions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from crdt_sync.errors import InvalidInput
+from crdt_sync.model import LocalMutation, check_id
+from crdt_sync.vector_clock import VectorClock
+from protocol.errors import BadRequest, PayloadTooLarge
+
+MAX_BATCH = 500
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    value = parse_json(body)
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object")
+    return value
+
+
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in obj:
+        raise BadRequest(f"{where}: missing field {name!r}")
+    value = obj[name]
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise BadRequest(f"{where}: field {name!r} has the wrong type")
+    if not isinstance(value, kind):
+        raise BadRequest(f"{where}: field {name!r} has the wrong type")
+    return value
+
+
+def parse_mutation(obj: Any, index: int) -> LocalMutation:
+    where = f"mutations[{index}]"
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{where} must be an object")
+    op = _field(obj, "op", str, where)
+    if op not in ("put", "delete"):
+        raise BadRequest(f"{where}: op must be 'put' or 'delete'")
+    payload = obj.get("payload")
+    if op == "put" and not isinstance(payload, dict):
+        raise BadRequest(f"{where}: a put needs an object payload")
+    if op == "delete" and payload is not None:
+        raise BadRequest(f"{where}: a delete has a null payload")
+    ts = obj.get("ts")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
+        raise BadRequest(f"{where}: ts must be a non-negative integer")
+    try:
+        return LocalMutation(
+            mutation_id=_field(obj, "mutation_id", str, where),
+            entity_type=_field(obj, "entity_type", str, where),
+            entity_id=_field(obj, "entity_id", str, where),
+            op=op,
+            payload=payload,
+            clock=VectorClock.from_json(_field(obj, "clock", dict, where)),
+            ts=ts,
+        )
+    except BadRequest:
+        raise
+    except InvalidInput as exc:
+        raise BadRequest(f"{where}: {exc.message}") from None
+
+
+def parse_push(body: bytes, max_batch: int = MAX_BATCH) -> list[LocalMutation]:
+    obj = parse_object(body)
+    mutations = _field(obj, "mutations", list, "body")
+    if len(mutations) > max_batch:
+        raise PayloadTooLarge(f"at most {max_batch} mutations per push, got {len(mutations)}")
+    return [parse_mutation(m, i) for i, m in enumerate(mutations)]
+
+
+def parse_cursor_body(body: bytes) -> str:
+    obj = parse_object(body)
+    cursor = _field(obj, "cursor", str, "body")
+    return str(cursor)
+
+
+def parse_device_registration(body: bytes) -> tuple[str, str, str]:
+    obj = parse_object(body)
+    device_id = _field(obj, "device_id", str, "body")
+    name = obj.get("name", "")
+    platform = obj.get("platform", "")
+    if not isinstance(name, str) or not isinstance(platform, str):
+        raise BadRequest("name and platform must be strings")
+    if len(name) > 200 or len(platform) > 200:
+        raise BadRequest("name and platform have at most 200 characters")
+    try:
+        check_id(device_id, "device_id")
+    except InvalidInput as exc:
+        raise BadRequest(exc.message) from None
+    return device_id, name, platform
+
+
+def parse_resolution(body: bytes) -> tuple[str, dict[str, Any] | None]:
+    obj = parse_object(body)
+    choice = _field(obj, "choice", str, "body")
+    payload = obj.get("payload")
+    if payload is not None and not isinstance(payload, dict):
+        raise BadRequest("payload must be an object")
+    return choice, payload
+
+
+def parse_limit(raw: str | None, default: int, maximum: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    if not 1 <= value <= maximum:
+        raise BadRequest(f"limit must be 1..{maximum}")
+    return value

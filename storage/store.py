@@ -1,0 +1,448 @@
+"""`SqlStore`: the shared cursor/delta store on SQLAlchemy Core (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from crdt_sync.model import (
+    ConflictRecord,
+    EntityKey,
+    EntityState,
+    MutationResult,
+    SyncRegistration,
+    canonical_json,
+)
+from crdt_sync.ports import DeviceHealth, DocUpdate, Snapshot
+from storage import codec
+from storage.schema import (
+    conflicts,
+    devices,
+    doc_checkpoints,
+    doc_updates,
+    entities,
+    mutation_results,
+    snapshots,
+    tenant_seq,
+)
+
+# Parameters per statement stay well under SQLite's and asyncpg's limits.
+CHUNK = 200
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class SqlWriteTx:
+    """A write transaction holding its tenant's log lock (see `SqlStore.write`)."""
+
+    def __init__(self, conn: AsyncConnection, tenant_id: str, seq: int, now: datetime) -> None:
+        self._conn = conn
+        self._tenant = tenant_id
+        self._seq = seq
+        self._now = now
+        self._pending: dict[EntityKey, EntityState] = {}
+        self._results: list[dict[str, Any]] = []
+
+    async def get_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]:
+        found = {k: self._pending[k] for k in keys if k in self._pending}
+        wanted = [k for k in dict.fromkeys(keys) if k not in found]
+        for part in _chunks(wanted):
+            stmt = select(entities).where(
+                entities.c.tenant_id == self._tenant,
+                tuple_(entities.c.entity_type, entities.c.entity_id, entities.c.owner).in_(
+                    [(k.entity_type, k.entity_id, k.owner) for k in part]
+                ),
+            )
+            for row in await self._conn.execute(stmt):
+                state = codec.entity_from_row(row)
+                found[state.key] = state
+        return found
+
+    async def put_entity(self, state: EntityState) -> EntityState:
+        if state.key.tenant_id != self._tenant:
+            raise ValueError("entity of another tenant in this transaction")
+        self._seq += 1
+        stored = EntityState(
+            key=state.key,
+            payload=state.payload,
+            clock=state.clock,
+            deleted=state.deleted,
+            ts=state.ts,
+            device_id=state.device_id,
+            seq=self._seq,
+        )
+        self._pending.pop(state.key, None)
+        self._pending[state.key] = stored  # insertion order = seq order
+        return stored
+
+    async def get_results(
+        self, device_id: str, mutation_ids: Sequence[str]
+    ) -> dict[str, MutationResult]:
+        out: dict[str, MutationResult] = {}
+        for part in _chunks(list(dict.fromkeys(mutation_ids))):
+            stmt = select(mutation_results.c.mutation_id, mutation_results.c.result).where(
+                mutation_results.c.tenant_id == self._tenant,
+                mutation_results.c.device_id == device_id,
+                mutation_results.c.mutation_id.in_(part),
+            )
+            for row in await self._conn.execute(stmt):
+                out[row.mutation_id] = MutationResult.from_json(json.loads(row.result))
+        return out
+
+    async def put_results(self, device_id: str, results: Sequence[MutationResult]) -> None:
+        created = codec.to_ts(self._now)
+        self._results.extend(
+            {
+                "tenant_id": self._tenant,
+                "device_id": device_id,
+                "mutation_id": r.mutation_id,
+                "result": canonical_json(r.to_json()),
+                "created_at": created,
+            }
+            for r in results
+        )
+
+    async def put_conflict(self, record: ConflictRecord) -> None:
+        row = codec.conflict_row(record)
+        stmt = _upsert(self._conn, conflicts, ["conflict_id"], row)
+        await self._conn.execute(stmt, row)
+
+    async def get_conflict(self, conflict_id: str) -> ConflictRecord | None:
+        stmt = select(conflicts).where(
+            conflicts.c.tenant_id == self._tenant, conflicts.c.conflict_id == conflict_id
+        )
+        row = (await self._conn.execute(stmt)).first()
+        return None if row is None else codec.conflict_from_row(row)
+
+    async def archive(self, snapshot: Snapshot) -> None:
+        await self._conn.execute(snapshots.insert(), [codec.snapshot_row(snapshot)])
+
+    async def append_doc_updates(self, doc_id: str, updates: Sequence[bytes]) -> int:
+        last = 0
+        for data in updates:
+            result = await self._conn.execute(
+                doc_updates.insert()
+                .values(tenant_id=self._tenant, doc_id=doc_id, data=data)
+                .returning(doc_updates.c.id)
+            )
+            last = int(result.scalar_one())
+        return last
+
+    async def flush(self) -> None:
+        if self._pending:
+            rows = [codec.entity_row(s, self._now) for s in self._pending.values()]
+            stmt = _upsert(
+                self._conn, entities, ["tenant_id", "entity_type", "entity_id", "owner"], rows[0]
+            )
+            for part in _chunks(rows, 500):
+                await self._conn.execute(stmt, list(part))
+            self._pending.clear()
+        if self._results:
+            for part in _chunks(self._results, 500):
+                await self._conn.execute(mutation_results.insert(), list(part))
+            self._results.clear()
+        await self._conn.execute(
+            update(tenant_seq).where(tenant_seq.c.tenant_id == self._tenant).values(seq=self._seq)
+        )
+
+
+def _upsert(conn: AsyncConnection, table: Any, keys: list[str], sample: dict[str, Any]) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table)
+    changes = {c: stmt.excluded[c] for c in sample if c not in keys}
+    return stmt.on_conflict_do_update(index_elements=keys, set_=changes)
+
+
+class SqlStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        # SQLite has one writer at a time; queue writers here rather than on its busy lock.
+        self._sqlite_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @asynccontextmanager
+    async def write(self, tenant_id: str, now: datetime) -> AsyncIterator[SqlWriteTx]:
+        """A write transaction for one tenant. It locks the tenant's log-head row first:
+        positions are handed out under that lock and published by the commit that releases
+        it, so a reader never sees seq N+1 committed before seq N."""
+        if self._sqlite_lock is not None:
+            await self._sqlite_lock.acquire()
+        try:
+            async with self.engine.begin() as conn:
+                seq = await self._lock_tenant(conn, tenant_id)
+                tx = SqlWriteTx(conn, tenant_id, seq, now)
+                yield tx
+                await tx.flush()
+        finally:
+            if self._sqlite_lock is not None:
+                self._sqlite_lock.release()
+
+    async def _lock_tenant(self, conn: AsyncConnection, tenant_id: str) -> int:
+        row = {"tenant_id": tenant_id, "seq": 0, "horizon": 0}
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        await conn.execute(dialect.insert(tenant_seq).values(row).on_conflict_do_nothing())
+        stmt = select(tenant_seq.c.seq).where(tenant_seq.c.tenant_id == tenant_id)
+        result = await conn.execute(stmt.with_for_update())
+        return int(result.scalar_one())
+
+    # -- change log ---------------------------------------------------------------------
+
+    async def head(self, tenant_id: str) -> tuple[int, int]:
+        """(head seq, tombstone horizon) of the tenant's log, as committed."""
+        async with self.engine.connect() as conn:
+            stmt = select(tenant_seq.c.seq, tenant_seq.c.horizon).where(
+                tenant_seq.c.tenant_id == tenant_id
+            )
+            row = (await conn.execute(stmt)).first()
+        return (0, 0) if row is None else (int(row.seq), int(row.horizon))
+
+    async def read_changes(
+        self,
+        tenant_id: str,
+        user_id: str,
+        after_seq: int,
+        limit: int,
+        skip_tombstones_upto: int,
+    ) -> list[EntityState]:
+        stmt = (
+            select(entities)
+            .where(
+                entities.c.tenant_id == tenant_id,
+                entities.c.seq > after_seq,
+                or_(entities.c.owner == "", entities.c.owner == user_id),
+            )
+            .order_by(entities.c.seq)
+            .limit(limit)
+        )
+        if skip_tombstones_upto > after_seq:
+            stmt = stmt.where(
+                or_(entities.c.deleted.is_(False), entities.c.seq > skip_tombstones_upto)
+            )
+        async with self.engine.connect() as conn:
+            return [codec.entity_from_row(row) for row in await conn.execute(stmt)]
+
+    async def get_entity(self, key: EntityKey) -> EntityState | None:
+        stmt = select(entities).where(
+            entities.c.tenant_id == key.tenant_id,
+            entities.c.entity_type == key.entity_type,
+            entities.c.entity_id == key.entity_id,
+            entities.c.owner == key.owner,
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else codec.entity_from_row(row)
+
+    # -- devices ------------------------------------------------------------------------
+
+    async def get_device(self, tenant_id: str, device_id: str) -> DeviceHealth | None:
+        stmt = select(devices).where(
+            devices.c.tenant_id == tenant_id, devices.c.device_id == device_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else codec.device_from_row(row)
+
+    async def save_device(self, registration: SyncRegistration, now: datetime) -> None:
+        """Insert a device or replace its registration (user, generation, revoked, name)."""
+        row = {
+            "tenant_id": registration.tenant_id,
+            "device_id": registration.device_id,
+            "user_id": registration.user_id,
+            "name": registration.name,
+            "platform": registration.platform,
+            "generation": registration.generation,
+            "revoked": registration.revoked,
+            "created_at": codec.to_ts(now),
+            "last_seen_at": None,
+            "last_ack_at": None,
+            "last_ack_seq": 0,
+            "full_resyncs": 0,
+        }
+        async with self.engine.begin() as conn:
+            dialect = postgresql if self.dialect == "postgresql" else sqlite
+            stmt = dialect.insert(devices).values(row)
+            keep = ("user_id", "name", "platform", "generation", "revoked")
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["tenant_id", "device_id"],
+                set_={c: stmt.excluded[c] for c in keep},
+            )
+            await conn.execute(stmt)
+
+    async def list_devices(self, tenant_id: str) -> list[DeviceHealth]:
+        stmt = select(devices).where(devices.c.tenant_id == tenant_id).order_by(devices.c.device_id)
+        async with self.engine.connect() as conn:
+            return [codec.device_from_row(row) for row in await conn.execute(stmt)]
+
+    async def _update_device(self, tenant_id: str, device_id: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(devices)
+                .where(devices.c.tenant_id == tenant_id, devices.c.device_id == device_id)
+                .values(**values)
+            )
+
+    async def touch_device(self, tenant_id: str, device_id: str, now: datetime) -> None:
+        await self._update_device(tenant_id, device_id, last_seen_at=codec.to_ts(now))
+
+    async def record_ack(self, tenant_id: str, device_id: str, seq: int, now: datetime) -> None:
+        await self._update_device(
+            tenant_id,
+            device_id,
+            last_ack_at=codec.to_ts(now),
+            last_ack_seq=func.max(devices.c.last_ack_seq, seq)
+            if self.dialect == "sqlite"
+            else func.greatest(devices.c.last_ack_seq, seq),
+        )
+
+    async def record_full_resync(self, tenant_id: str, device_id: str) -> None:
+        await self._update_device(tenant_id, device_id, full_resyncs=devices.c.full_resyncs + 1)
+
+    # -- conflicts and archive ----------------------------------------------------------
+
+    async def list_conflicts(self, tenant_id: str, status: str | None) -> list[ConflictRecord]:
+        stmt = select(conflicts).where(conflicts.c.tenant_id == tenant_id)
+        if status is not None:
+            stmt = stmt.where(conflicts.c.status == status)
+        stmt = stmt.order_by(conflicts.c.created_at.desc(), conflicts.c.conflict_id)
+        async with self.engine.connect() as conn:
+            return [codec.conflict_from_row(row) for row in await conn.execute(stmt)]
+
+    async def get_conflict(self, tenant_id: str, conflict_id: str) -> ConflictRecord | None:
+        stmt = select(conflicts).where(
+            conflicts.c.tenant_id == tenant_id, conflicts.c.conflict_id == conflict_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else codec.conflict_from_row(row)
+
+    async def list_snapshots(
+        self, tenant_id: str, kind: str, entity_type: str, entity_id: str, owner: str
+    ) -> list[Snapshot]:
+        stmt = (
+            select(snapshots)
+            .where(
+                snapshots.c.tenant_id == tenant_id,
+                snapshots.c.kind == kind,
+                snapshots.c.entity_type == entity_type,
+                snapshots.c.entity_id == entity_id,
+                snapshots.c.owner == owner,
+            )
+            .order_by(snapshots.c.created_at.desc(), snapshots.c.snapshot_id.desc())
+        )
+        async with self.engine.connect() as conn:
+            return [codec.snapshot_from_row(row) for row in await conn.execute(stmt)]
+
+    async def get_snapshot(self, tenant_id: str, snapshot_id: str) -> Snapshot | None:
+        stmt = select(snapshots).where(
+            snapshots.c.tenant_id == tenant_id, snapshots.c.snapshot_id == snapshot_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else codec.snapshot_from_row(row)
+
+    async def prune(self, now: datetime, tombstone_retention_s: float) -> dict[str, int]:
+        """Delete snapshots past `expires_at` (never before), and tombstones and idempotency
+        records older than the retention; raise each tenant's horizon past pruned tombstones."""
+        cutoff = codec.to_ts(now) - tombstone_retention_s
+        async with self.engine.begin() as conn:
+            expired = await conn.execute(
+                delete(snapshots).where(snapshots.c.expires_at <= codec.to_ts(now))
+            )
+            old = and_(entities.c.deleted.is_(True), entities.c.updated_at < cutoff)
+            horizons = await conn.execute(
+                select(entities.c.tenant_id, func.max(entities.c.seq).label("top"))
+                .where(old)
+                .group_by(entities.c.tenant_id)
+            )
+            for tenant_id, top in list(horizons):
+                await conn.execute(
+                    update(tenant_seq)
+                    .where(tenant_seq.c.tenant_id == tenant_id, tenant_seq.c.horizon < top)
+                    .values(horizon=top)
+                )
+            tombstones = await conn.execute(delete(entities).where(old))
+            results = await conn.execute(
+                delete(mutation_results).where(mutation_results.c.created_at < cutoff)
+            )
+        return {
+            "snapshots": expired.rowcount or 0,
+            "tombstones": tombstones.rowcount or 0,
+            "mutation_results": results.rowcount or 0,
+        }
+
+    # -- Yjs documents ------------------------------------------------------------------
+
+    async def load_doc(self, tenant_id: str, doc_id: str) -> tuple[bytes | None, list[DocUpdate]]:
+        async with self.engine.connect() as conn:
+            cp = (
+                await conn.execute(
+                    select(doc_checkpoints.c.data, doc_checkpoints.c.upto_id).where(
+                        doc_checkpoints.c.tenant_id == tenant_id,
+                        doc_checkpoints.c.doc_id == doc_id,
+                    )
+                )
+            ).first()
+            upto = 0 if cp is None else int(cp.upto_id)
+            rows = await conn.execute(
+                select(doc_updates.c.id, doc_updates.c.data)
+                .where(
+                    doc_updates.c.tenant_id == tenant_id,
+                    doc_updates.c.doc_id == doc_id,
+                    doc_updates.c.id > upto,
+                )
+                .order_by(doc_updates.c.id)
+            )
+            updates = [DocUpdate(int(r.id), bytes(r.data)) for r in rows]
+        return (None if cp is None else bytes(cp.data)), updates
+
+    async def compact_doc(
+        self, tenant_id: str, doc_id: str, checkpoint: bytes, upto_update_id: int, now: datetime
+    ) -> None:
+        async with self.write(tenant_id, now) as tx:
+            conn = tx._conn
+            row = {
+                "tenant_id": tenant_id,
+                "doc_id": doc_id,
+                "data": checkpoint,
+                "upto_id": upto_update_id,
+                "updated_at": codec.to_ts(now),
+            }
+            await conn.execute(_upsert(conn, doc_checkpoints, ["tenant_id", "doc_id"], row), row)
+            await conn.execute(
+                delete(doc_updates).where(
+                    doc_updates.c.tenant_id == tenant_id,
+                    doc_updates.c.doc_id == doc_id,
+                    doc_updates.c.id <= upto_update_id,
+                )
+            )
+
+    async def doc_stored_bytes(self, tenant_id: str, doc_id: str) -> int:
+        async with self.engine.connect() as conn:
+            upd = await conn.execute(
+                select(func.coalesce(func.sum(func.length(doc_updates.c.data)), 0)).where(
+                    doc_updates.c.tenant_id == tenant_id, doc_updates.c.doc_id == doc_id
+                )
+            )
+            cp = await conn.execute(
+                select(func.coalesce(func.sum(func.length(doc_checkpoints.c.data)), 0)).where(
+                    doc_checkpoints.c.tenant_id == tenant_id, doc_checkpoints.c.doc_id == doc_id
+                )
+            )
+            return int(upd.scalar_one()) + int(cp.scalar_one())
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,1 @@
+"""The server: Quart app on Hypercorn, HTTP routes, rooms, auth, metrics, admin, CLI."""

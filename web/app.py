@@ -1,0 +1,91 @@
+"""The Quart app factory: wires store, services, routes, metrics and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from quart import Quart, Response, g, request
+
+from crdt_sync.ports import Clock, SystemClock
+from crdt_sync.registry import EntityRegistry
+from crdt_sync.services import Settings, SyncService
+from protocol.cursor import CursorCodec
+from storage.engine import open_store
+from web import errors
+from web.admin_api import bp as admin_bp
+from web.config import Config
+from web.metrics import Metrics
+from web.ops_api import bp as ops_bp
+from web.runtime import Runtime
+from web.sync_api import bp as sync_bp
+
+log = logging.getLogger("crdt_sync")
+
+
+def create_app(
+    config: Config, clock: Clock | None = None, settings: Settings | None = None
+) -> Quart:
+    app = Quart("crdt_sync")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    clock = clock or SystemClock()
+    metrics = Metrics()
+    registry = EntityRegistry.from_config(config.entity_types)
+
+    @app.before_serving
+    async def _start() -> None:
+        store = await open_store(config.database_url, config.data_dir)
+        service = SyncService(store, registry, clock, settings)
+        rt = Runtime(config, clock, store, service, CursorCodec(config.server_key), metrics)
+        app.extensions["crdt_sync"] = rt
+        rt.extras["pruner"] = asyncio.create_task(_prune_forever(rt))
+
+    @app.after_serving
+    async def _stop() -> None:
+        rt: Runtime = app.extensions["crdt_sync"]
+        pruner = rt.extras.pop("pruner", None)
+        if pruner is not None:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
+        for hook in rt.extras.pop("on_shutdown", []):
+            await hook()
+        await rt.store.close()
+
+    @app.before_request
+    async def _timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    async def _count(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(rule, str(response.status_code)).inc()
+        started = getattr(g, "started", None)
+        if started is not None:
+            metrics.latency.labels(rule).observe(time.perf_counter() - started)
+        return response
+
+    errors.install(app)
+    app.register_blueprint(sync_bp)
+    app.register_blueprint(admin_bp)
+    app.register_blueprint(ops_bp)
+    return app
+
+
+async def prune_once(rt: Runtime) -> dict[str, int]:
+    counts = await rt.store.prune(rt.clock.now(), rt.service.settings.tombstone_retention_s)
+    for kind, count in counts.items():
+        rt.metrics.pruned.labels(kind).inc(count)
+    return counts
+
+
+async def _prune_forever(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(rt.config.prune_interval_s)
+        try:
+            await prune_once(rt)
+        except Exception:  # keep the server up; the next round retries
+            log.exception("retention pruning failed")

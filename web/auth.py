@@ -1,0 +1,93 @@
+"""Bearer JWTs: verification with an algorithm allow-list, and minting for the CLI."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from protocol.errors import AuthError
+from web.config import Config
+
+ROLES = frozenset({"learner", "author", "admin", "service"})
+LEEWAY_S = 30
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    user_id: str
+    roles: frozenset[str]
+    device_id: str | None = None
+
+    def has(self, *roles: str) -> bool:
+        return bool(self.roles.intersection(roles))
+
+
+def _claim_id(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise AuthError(f"the token's {name!r} claim must be a string of 1..200 characters")
+    return value
+
+
+def decode_token(config: Config, token: str) -> Principal:
+    key = config.jwt_public_key or config.jwt_secret
+    if not key:
+        raise AuthError("no token key is configured")
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=list(config.jwt_algorithms),
+            options={"require": ["exp", "sub", "tid"]},
+            leeway=LEEWAY_S,
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("the token has expired") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise AuthError("the token's 'roles' claim must be a list of strings")
+    did = claims.get("did")
+    return Principal(
+        tenant_id=_claim_id(claims, "tid"),
+        user_id=_claim_id(claims, "sub"),
+        roles=frozenset(roles) & ROLES,
+        device_id=None if did is None else _claim_id(claims, "did"),
+    )
+
+
+def bearer(header: str | None) -> str:
+    if not header:
+        raise AuthError("missing bearer token")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def mint_token(
+    secret: str,
+    *,
+    tenant: str,
+    user: str,
+    roles: list[str],
+    device: str | None = None,
+    ttl_s: int = 3600,
+    now: float | None = None,
+) -> str:
+    issued = int(now if now is not None else time.time())
+    claims: dict[str, Any] = {
+        "sub": user,
+        "tid": tenant,
+        "roles": roles,
+        "iat": issued,
+        "exp": issued + ttl_s,
+    }
+    if device is not None:
+        claims["did"] = device
+    return jwt.encode(claims, secret, algorithm="HS256")

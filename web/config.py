@@ -1,0 +1,80 @@
+"""Server configuration from flags, the environment and the data folder's secrets file."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECRETS_FILE = "secrets.json"
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = field(default_factory=lambda: Path("./var"))
+    database_url: str | None = None
+    jwt_secret: str | None = None  # HS256
+    jwt_public_key: str | None = None  # PEM, RS256/ES256
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    server_key: bytes = b""  # derives device secrets, tags cursors; never stored in the DB
+    entity_types: dict[str, Any] = field(default_factory=dict)
+    max_body_bytes: int = 4 * 1024 * 1024
+    prune_interval_s: float = 3600.0
+
+    @property
+    def database_label(self) -> str:
+        if self.database_url:
+            return self.database_url.split("@")[-1]
+        return f"sqlite:{self.data_dir / 'crdt-sync.db'}"
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def load_secrets(data_dir: Path) -> dict[str, str]:
+    """The data folder's secrets (created with mode 0600 on first start)."""
+    path = data_dir / SECRETS_FILE
+    if path.exists():
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+    data_dir.mkdir(parents=True, exist_ok=True)
+    values = {"jwt_secret": secrets.token_urlsafe(32), "server_key": secrets.token_hex(32)}
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(values, handle)
+    os.replace(tmp, path)
+    return values
+
+
+def build_config(
+    host: str | None = None,
+    port: int | None = None,
+    data_dir: str | None = None,
+    database_url: str | None = None,
+) -> Config:
+    """Flags win over the environment, which wins over defaults."""
+    cfg = Config()
+    cfg.host = host or _env("CRDT_SYNC_HOST") or cfg.host
+    port_text = str(port) if port is not None else _env("CRDT_SYNC_PORT")
+    cfg.port = int(port_text) if port_text else cfg.port
+    cfg.data_dir = Path(data_dir or _env("CRDT_SYNC_DATA_DIR") or cfg.data_dir)
+    cfg.database_url = database_url or _env("CRDT_SYNC_DATABASE_URL")
+    stored = load_secrets(cfg.data_dir)
+    cfg.jwt_secret = _env("CRDT_SYNC_JWT_SECRET") or stored["jwt_secret"]
+    public_key_file = _env("CRDT_SYNC_JWT_PUBLIC_KEY_FILE")
+    if public_key_file:
+        cfg.jwt_public_key = Path(public_key_file).read_text()
+        cfg.jwt_algorithms = ("RS256", "ES256")
+    cfg.server_key = bytes.fromhex(_env("CRDT_SYNC_SERVER_KEY") or stored["server_key"])
+    types_file = _env("CRDT_SYNC_ENTITY_TYPES")
+    if types_file:
+        cfg.entity_types = json.loads(Path(types_file).read_text())
+    return cfg

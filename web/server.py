@@ -1,0 +1,45 @@
+"""Run the app on Hypercorn, with the settings we choose on purpose (design.md §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HyperConfig
+from quart import Quart
+
+from web.config import Config
+
+
+def hypercorn_config(config: Config) -> HyperConfig:
+    hc = HyperConfig()
+    hc.bind = [f"{config.host}:{config.port}"]
+    hc.graceful_timeout = 10.0  # time to flush rooms and finish requests on shutdown
+    hc.websocket_max_message_size = 8 * 1024 * 1024
+    hc.websocket_ping_interval = 20.0
+    hc.keep_alive_timeout = 30.0
+    hc.accesslog = None
+    hc.errorlog = "-"
+    return hc
+
+
+async def serve_app(
+    app: Quart,
+    config: Config,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or `shutdown` returns); the app's after_serving hooks
+    store everything before the process exits."""
+    if shutdown is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def _wait() -> None:
+            await stop.wait()
+
+        shutdown = _wait
+    await serve(app, hypercorn_config(config), shutdown_trigger=shutdown)  # type: ignore[arg-type]
