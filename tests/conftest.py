@@ -124,6 +124,8 @@ def make_config(tmp: Path, database_url: str | None) -> Config:
         database_url=database_url,
         jwt_secret="test-secret-" + uuid.uuid4().hex,
         server_key=os.urandom(32),
+        ws_ping_interval_s=0.5,
+        graceful_timeout_s=5.0,
     )
 
 

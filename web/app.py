@@ -19,6 +19,8 @@ from web.admin_api import bp as admin_bp
 from web.config import Config
 from web.metrics import Metrics
 from web.ops_api import bp as ops_bp
+from web.rooms import RoomManager, RoomSettings
+from web.rooms_api import admin_docs_bp, rooms_bp
 from web.runtime import Runtime
 from web.sync_api import bp as sync_bp
 
@@ -42,6 +44,12 @@ def create_app(
         rt = Runtime(config, clock, store, service, CursorCodec(config.server_key), metrics)
         app.extensions["crdt_sync"] = rt
         rt.extras["pruner"] = asyncio.create_task(_prune_forever(rt))
+        room_settings = RoomSettings(archive_retention_s=service.settings.archive_retention_s)
+        rooms = RoomManager(store, clock, metrics, room_settings)
+        rt.extras["rooms"] = rooms
+        rt.extras["room_settings"] = room_settings
+        rt.extras["on_revoke"] = rooms.disconnect_device
+        rt.extras["on_shutdown"] = [rooms.shutdown]
 
     @app.after_serving
     async def _stop() -> None:
@@ -72,6 +80,8 @@ def create_app(
     app.register_blueprint(sync_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(ops_bp)
+    app.register_blueprint(rooms_bp)
+    app.register_blueprint(admin_docs_bp)
     return app
 
 

@@ -25,6 +25,11 @@ class Config:
     entity_types: dict[str, Any] = field(default_factory=dict)
     max_body_bytes: int = 4 * 1024 * 1024
     prune_interval_s: float = 3600.0
+    # WebSocket keep-alive pings. Hypercorn's ping loop also notices a closed connection only
+    # when it next wakes, so the interval bounds how long a closed socket lingers.
+    ws_ping_interval_s: float = 10.0
+    ws_max_message_bytes: int = 8 * 1024 * 1024
+    graceful_timeout_s: float = 10.0
 
     @property
     def database_label(self) -> str:

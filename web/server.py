@@ -16,9 +16,9 @@ from web.config import Config
 def hypercorn_config(config: Config) -> HyperConfig:
     hc = HyperConfig()
     hc.bind = [f"{config.host}:{config.port}"]
-    hc.graceful_timeout = 10.0  # time to flush rooms and finish requests on shutdown
-    hc.websocket_max_message_size = 8 * 1024 * 1024
-    hc.websocket_ping_interval = 20.0
+    hc.graceful_timeout = config.graceful_timeout_s  # finish requests before rooms flush
+    hc.websocket_max_message_size = config.ws_max_message_bytes  # larger: close 1009
+    hc.websocket_ping_interval = config.ws_ping_interval_s
     hc.keep_alive_timeout = 30.0
     hc.accesslog = None
     hc.errorlog = "-"

@@ -1,0 +1,499 @@
+"""Yjs rooms: one in-memory `pycrdt.Doc` per (tenant, doc id), durable in the shared store.
+
+Theory of operation
+- Joining is race-free: the room object enters the registry synchronously, before any await,
+  and every joiner awaits the same `ready` event (stock pycrdt-websocket can leave a second
+  simultaneous joiner waiting forever on the room's start lock; design.md §5).
+- Every accepted update goes through the room's single flusher, which takes everything queued
+  (group commit), applies it to the doc, writes the updates, any pre-merge snapshot and the
+  doc's `ydoc` change-log entry in ONE transaction, and only then forwards the updates to the
+  other clients. Whatever a client has received is therefore stored.
+- Sync step 2 answers are built under the same lock, so they never contain an update that is
+  applied but not yet stored.
+- A *merge* (design.md §4) is a connection whose sync step 1 state vector both lacks
+  operations the server has and has operations the server lacks (an editor reconnecting
+  after offline edits); its first update that brings something new archives the full
+  pre-merge state first. Live keystrokes of a synced editor never qualify: their operations
+  are newer than the state vector the editor announced.
+- Each client has a bounded send queue; a client that falls behind is disconnected (it
+  resyncs on reconnect) rather than letting memory grow.
+- A room with no clients unloads after a grace period, once its updates are stored;
+  compaction into a checkpoint runs in the background through a `Doc`, never
+  `merge_updates`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pycrdt import Doc
+
+from crdt_sync.model import EntityKey, EntityState
+from crdt_sync.ports import Snapshot
+from crdt_sync.registry import YDOC_TYPE
+from crdt_sync.vector_clock import SERVER_NODE, VectorClock
+from protocol import yprotocol as yp
+
+log = logging.getLogger("crdt_sync.rooms")
+
+CLOSE_PROTOCOL_ERROR = 4400  # garbage or truncated message (stock clients do not retry)
+CLOSE_REVOKED = 4401  # the device was revoked
+CLOSE_TOO_SLOW = 1013  # "try again later": the send queue overflowed
+CLOSE_SERVER_ERROR = 1011
+CLOSE_GOING_AWAY = 1001
+MAX_QUEUED_UPDATES = 256
+
+
+@dataclass
+class RoomSettings:
+    send_queue: int = 2048
+    unload_after_s: float = 30.0
+    compact_every: int = 500  # updates in the log tail before a checkpoint is written
+    archive_retention_s: float = 30 * 86400.0
+
+
+class Peer:
+    """One connected client as the room sees it (transport-agnostic)."""
+
+    def __init__(
+        self,
+        send: Callable[[bytes], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        *,
+        writable: bool,
+        device_id: str | None,
+        user_id: str,
+        queue_size: int,
+    ) -> None:
+        self._send = send
+        self._close = close
+        self.writable = writable
+        self.device_id = device_id
+        self.user_id = user_id
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
+        self.awareness_ids: set[int] = set()
+        self.pending_merge = False
+        self.closed = False
+        self.sender: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.sender = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            message = await self.queue.get()
+            if message is None:
+                return
+            try:
+                await self._send(message)
+            except Exception:  # the socket is gone; the receive side cleans up
+                return
+
+    def offer(self, message: bytes) -> bool:
+        if self.closed:
+            return True
+        try:
+            self.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self._close(code, reason)
+
+    async def stop(self) -> None:
+        self.closed = True
+        if self.sender is not None:
+            self.sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sender
+
+
+@dataclass
+class _Pending:
+    update: bytes
+    origin: Peer | None
+    source: str
+    archive_reason: str | None
+    device_id: str
+    snapshot_id: str
+    done: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Room:
+    def __init__(self, manager: RoomManager, tenant_id: str, doc_id: str) -> None:
+        self.manager = manager
+        self.tenant_id = tenant_id
+        self.doc_id = doc_id
+        self.doc: Doc = Doc()
+        self.peers: set[Peer] = set()
+        self.awareness: dict[int, yp.AwarenessEntry] = {}
+        self.ready = asyncio.Event()
+        self.failed: BaseException | None = None
+        self.lock = asyncio.Lock()
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._unload: asyncio.TimerHandle | None = None
+        self._compacting: asyncio.Task[None] | None = None
+        self.tail_updates = 0
+        self.last_update_id = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a side task (closing a peer) without awaiting it in the hot path."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def load(self) -> None:
+        try:
+            checkpoint, updates = await self.manager.store.load_doc(self.tenant_id, self.doc_id)
+            if checkpoint is not None:
+                self.doc.apply_update(checkpoint)
+            for item in updates:
+                self.doc.apply_update(item.update)
+            self.tail_updates = len(updates)
+            self.last_update_id = updates[-1].id if updates else 0
+            self._flusher = asyncio.create_task(self._flush_forever())
+        except BaseException as exc:
+            self.failed = exc
+            raise
+        finally:
+            self.ready.set()
+
+    async def close(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutdown") -> None:
+        """Store everything queued, then disconnect everyone."""
+        await self.drain()
+        for peer in list(self.peers):
+            await peer.close(code, reason)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._compacting is not None:
+            with contextlib.suppress(Exception):
+                await self._compacting
+
+    async def drain(self) -> None:
+        """Wait until every update queued so far is stored (or failed)."""
+        waiting = [p.done for p in self._pending]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+        async with self.lock:
+            pass
+
+    # -- updates ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        update: bytes,
+        origin: Peer | None,
+        source: str,
+        archive_reason: str | None = None,
+        device_id: str = "",
+        snapshot_id: str | None = None,
+    ) -> asyncio.Future[bool]:
+        """Queue an update for the flusher; the future is True once it is stored and
+        forwarded, False if it was invalid."""
+        item = _Pending(
+            update, origin, source, archive_reason, device_id, snapshot_id or uuid.uuid4().hex
+        )
+        self._pending.append(item)
+        self._wake.set()
+        return item.done
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        metrics = self.manager.metrics
+        async with self.lock:
+            accepted: list[_Pending] = []
+            snapshots: list[Snapshot] = []
+            now = self.manager.clock.now()
+            for item in batch:
+                origin = item.origin
+                want_archive = item.archive_reason or (
+                    "merge" if origin is not None and origin.pending_merge else None
+                )
+                before_state = self.doc.get_state()
+                before_full = self.doc.get_update() if want_archive else b""
+                try:
+                    self.doc.apply_update(item.update)
+                except ValueError:
+                    item.done.set_result(False)
+                    if origin is not None:
+                        self._spawn(origin.close(CLOSE_PROTOCOL_ERROR, "invalid update"))
+                    continue
+                if want_archive and (item.archive_reason or self.doc.get_state() != before_state):
+                    snapshots.append(
+                        self._snapshot(
+                            item.snapshot_id, before_full, want_archive, item.device_id, now
+                        )
+                    )
+                    metrics.doc_merges.labels(item.source).inc()
+                    if origin is not None:
+                        origin.pending_merge = False
+                accepted.append(item)
+            if not accepted:
+                return
+            try:
+                await self._persist([a.update for a in accepted], snapshots, now)
+            except BaseException as exc:
+                # Memory is now ahead of the store: drop the room, clients resend on reconnect.
+                log.exception("storing updates of %s/%s failed", self.tenant_id, self.doc_id)
+                for item in accepted:
+                    if not item.done.done():
+                        item.done.set_exception(RuntimeError("the update could not be stored"))
+                self.manager.discard(self)
+                for peer in list(self.peers):
+                    self._spawn(peer.close(CLOSE_SERVER_ERROR, "storage failure"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            for item in accepted:
+                metrics.doc_updates.labels(item.source).inc()
+                self.broadcast(yp.sync_update(item.update), exclude=item.origin)
+                item.done.set_result(True)
+        if self.tail_updates >= self.manager.settings.compact_every and self._compacting is None:
+            self._compacting = asyncio.create_task(self._compact())
+
+    def _snapshot(
+        self, snapshot_id: str, content: bytes, reason: str, device_id: str, now: Any
+    ) -> Snapshot:
+        return Snapshot(
+            snapshot_id=snapshot_id,
+            tenant_id=self.tenant_id,
+            kind="doc",
+            entity_type=YDOC_TYPE,
+            entity_id=self.doc_id,
+            owner="",
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.manager.settings.archive_retention_s),
+            reason=reason,
+            content=content,
+            device_id=device_id,
+        )
+
+    async def _persist(self, updates: list[bytes], snapshots: list[Snapshot], now: Any) -> None:
+        key = EntityKey(self.tenant_id, YDOC_TYPE, self.doc_id, "")
+        state_vector = base64.urlsafe_b64encode(self.doc.get_state()).rstrip(b"=").decode()
+        async with self.manager.store.write(self.tenant_id, now) as tx:
+            for snap in snapshots:
+                await tx.archive(snap)
+            self.last_update_id = await tx.append_doc_updates(self.doc_id, updates)
+            stored = (await tx.get_entities([key])).get(key)
+            clock = (stored.clock if stored else VectorClock()).increment(SERVER_NODE)
+            ms = int(now.timestamp() * 1000)
+            await tx.put_entity(
+                EntityState(key, {"state_vector": state_vector}, clock, False, ms, "")
+            )
+        self.tail_updates += len(updates)
+
+    async def _compact(self) -> None:
+        try:
+            async with self.lock:
+                checkpoint = self.doc.get_update()
+                upto = self.last_update_id
+            await self.manager.store.compact_doc(
+                self.tenant_id, self.doc_id, checkpoint, upto, self.manager.clock.now()
+            )
+            self.tail_updates = 0
+        except Exception:
+            log.exception(
+                "compacting %s/%s failed; it is retried later", self.tenant_id, self.doc_id
+            )
+        finally:
+            self._compacting = None
+
+    async def compact_now(self) -> None:
+        await self.drain()
+        if self._compacting is not None:
+            await self._compacting
+        self._compacting = asyncio.create_task(self._compact())
+        await self._compacting
+
+    def broadcast(self, message: bytes, exclude: Peer | None = None) -> None:
+        for peer in list(self.peers):
+            if peer is exclude or peer.closed:
+                continue
+            if not peer.offer(message):
+                self._spawn(peer.close(CLOSE_TOO_SLOW, "send queue overflow"))
+
+    # -- connections --------------------------------------------------------------------
+
+    async def greet(self, peer: Peer) -> None:
+        """What the server sends first: its sync step 1 and the current awareness."""
+        peer.offer(yp.sync_step1(self.doc.get_state()))
+        if self.awareness:
+            peer.offer(yp.awareness_message(yp.encode_awareness(list(self.awareness.values()))))
+
+    async def receive(self, peer: Peer, data: bytes) -> None:
+        """Handle one message from a client; raises YProtocolError on garbage."""
+        message = yp.decode(data)
+        if message.type is yp.MessageType.SYNC:
+            if message.sync_type is yp.SyncType.STEP1:
+                await self._answer_step1(peer, message.payload)
+            elif not peer.writable:
+                self.manager.metrics.readonly_dropped.inc()
+            else:
+                done = self.submit(
+                    message.payload, peer, "websocket", device_id=peer.device_id or ""
+                )
+                if len(self._pending) > MAX_QUEUED_UPDATES:
+                    await done  # back-pressure: stop reading this socket until it is stored
+        elif message.type is yp.MessageType.AWARENESS:
+            entries = yp.decode_awareness(message.payload)
+            for entry in entries:
+                if entry.state is None:
+                    self.awareness.pop(entry.client_id, None)
+                    peer.awareness_ids.discard(entry.client_id)
+                else:
+                    self.awareness[entry.client_id] = entry
+                    peer.awareness_ids.add(entry.client_id)
+            self.broadcast(data)
+        elif message.type is yp.MessageType.QUERY_AWARENESS:
+            peer.offer(yp.awareness_message(yp.encode_awareness(list(self.awareness.values()))))
+
+    async def _answer_step1(self, peer: Peer, state_vector: bytes) -> None:
+        client = yp.decode_state_vector(state_vector)
+        async with self.lock:
+            server = yp.decode_state_vector(self.doc.get_state())
+            try:
+                diff = self.doc.get_update(state_vector)
+            except ValueError:
+                raise yp.YProtocolError("invalid state vector") from None
+        client_ahead = any(clock > server.get(c, 0) for c, clock in client.items())
+        server_ahead = any(clock > client.get(c, 0) for c, clock in server.items())
+        peer.pending_merge = peer.writable and client_ahead and server_ahead
+        peer.offer(yp.sync_step2(diff))
+
+    def leave_awareness(self, peer: Peer) -> None:
+        gone = [
+            yp.AwarenessEntry(cid, self.awareness[cid].clock + 1, None)
+            for cid in peer.awareness_ids
+            if cid in self.awareness
+        ]
+        for entry in gone:
+            self.awareness.pop(entry.client_id, None)
+        if gone:
+            self.broadcast(yp.awareness_message(yp.encode_awareness(gone)), exclude=peer)
+
+    def schedule_unload(self) -> None:
+        if self._unload is not None:
+            self._unload.cancel()
+        loop = asyncio.get_running_loop()
+        self._unload = loop.call_later(
+            self.manager.settings.unload_after_s,
+            lambda: asyncio.ensure_future(self.manager.unload(self)),
+        )
+
+    def cancel_unload(self) -> None:
+        if self._unload is not None:
+            self._unload.cancel()
+            self._unload = None
+
+
+class RoomManager:
+    def __init__(self, store: Any, clock: Any, metrics: Any, settings: RoomSettings) -> None:
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.settings = settings
+        self.rooms: dict[tuple[str, str], Room] = {}
+        self._closing = False
+
+    async def get(self, tenant_id: str, doc_id: str) -> Room:
+        """The loaded room; created and loaded once however many callers race here."""
+        key = (tenant_id, doc_id)
+        room = self.rooms.get(key)
+        if room is None:
+            room = Room(self, tenant_id, doc_id)
+            self.rooms[key] = room
+            self.metrics.rooms.set(len(self.rooms))
+            try:
+                await room.load()
+            except BaseException:
+                self.discard(room)
+                raise
+        else:
+            await room.ready.wait()
+            if room.failed is not None:
+                raise RuntimeError("the room failed to load")
+        return room
+
+    async def join(self, tenant_id: str, doc_id: str, peer: Peer) -> Room:
+        if self._closing:
+            raise RuntimeError("the server is shutting down")
+        room = await self.get(tenant_id, doc_id)
+        room.cancel_unload()
+        room.peers.add(peer)
+        self.metrics.room_connections.inc()
+        peer.start()
+        await room.greet(peer)
+        return room
+
+    async def leave(self, room: Room, peer: Peer) -> None:
+        if peer in room.peers:
+            room.peers.discard(peer)
+            self.metrics.room_connections.dec()
+            room.leave_awareness(peer)
+        await peer.stop()
+        if not room.peers and self.rooms.get((room.tenant_id, room.doc_id)) is room:
+            room.schedule_unload()
+
+    def discard(self, room: Room) -> None:
+        if self.rooms.get((room.tenant_id, room.doc_id)) is room:
+            del self.rooms[(room.tenant_id, room.doc_id)]
+            self.metrics.rooms.set(len(self.rooms))
+
+    async def unload(self, room: Room) -> None:
+        if room.peers or self.rooms.get((room.tenant_id, room.doc_id)) is not room:
+            return
+        await room.drain()
+        if room.peers:  # someone joined while we stored
+            return
+        self.discard(room)
+        if room.tail_updates:
+            await room.compact_now()
+        await room.close()
+
+    async def disconnect_device(self, tenant_id: str, device_id: str) -> int:
+        closed = 0
+        for room in list(self.rooms.values()):
+            if room.tenant_id != tenant_id:
+                continue
+            for peer in list(room.peers):
+                if peer.device_id == device_id:
+                    await peer.close(CLOSE_REVOKED, "device revoked")
+                    closed += 1
+        return closed
+
+    async def shutdown(self) -> None:
+        """Store everything queued in every room, then close all connections."""
+        self._closing = True
+        for room in list(self.rooms.values()):
+            await room.close()
+        self.rooms.clear()
