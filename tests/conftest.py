@@ -11,7 +11,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,10 +131,16 @@ def make_config(tmp: Path, database_url: str | None) -> Config:
 
 @contextlib.asynccontextmanager
 async def run_server(
-    tmp: Path, database_url: str | None, backend: str, settings: Settings | None = None
+    tmp: Path,
+    database_url: str | None,
+    backend: str,
+    settings: Settings | None = None,
+    configure: Callable[[Config], None] | None = None,
 ) -> AsyncIterator[Server]:
     """Serve a fresh app on a real socket in this event loop; stop it afterwards."""
     config = make_config(tmp, database_url)
+    if configure is not None:
+        configure(config)
     clock = OffsetClock()
     app = create_app(config, clock=clock, settings=settings)
     stop = asyncio.Event()

@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 
 from protocol.errors import AuthError
-from web.config import Config
+from web.config import Config, JwtKey
 
 ROLES = frozenset({"learner", "author", "admin", "service"})
 LEEWAY_S = 30
@@ -33,22 +33,45 @@ def _claim_id(claims: dict[str, Any], name: str) -> str:
     return value
 
 
+def verification_keys(config: Config) -> list[JwtKey]:
+    keys = list(config.jwt_keys)
+    if config.jwt_secret:
+        keys.append(JwtKey(config.jwt_signing_kid, "HS256", config.jwt_secret))
+    return keys
+
+
 def decode_token(config: Config, token: str) -> Principal:
-    key = config.jwt_public_key or config.jwt_secret
-    if not key:
-        raise AuthError("no token key is configured")
+    """Verify a bearer JWT: the key is chosen by `kid`, the algorithm must be that key's
+    (never `none`), `exp`, `sub` and `tid` are required, with a small leeway."""
     try:
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=list(config.jwt_algorithms),
-            options={"require": ["exp", "sub", "tid"]},
-            leeway=LEEWAY_S,
-        )
-    except jwt.ExpiredSignatureError:
-        raise AuthError("the token has expired") from None
+        header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise AuthError(f"invalid token: {exc}") from None
+    kid = header.get("kid")
+    candidates = [
+        k for k in verification_keys(config) if k.kid == kid and k.algorithm == header.get("alg")
+    ]
+    if not candidates:
+        raise AuthError("the token's kid/alg matches no configured key")
+    claims: dict[str, Any] | None = None
+    for candidate in candidates:
+        try:
+            claims = jwt.decode(
+                token,
+                candidate.key,
+                algorithms=[candidate.algorithm],
+                options={"require": ["exp", "sub", "tid"]},
+                leeway=LEEWAY_S,
+            )
+            break
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the token has expired") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+    if claims is None:
+        raise AuthError("invalid token: signature verification failed")
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise AuthError("the token's 'roles' claim must be a list of strings")
@@ -79,6 +102,7 @@ def mint_token(
     device: str | None = None,
     ttl_s: int = 3600,
     now: float | None = None,
+    kid: str | None = None,
 ) -> str:
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {
@@ -90,4 +114,5 @@ def mint_token(
     }
     if device is not None:
         claims["did"] = device
-    return jwt.encode(claims, secret, algorithm="HS256")
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(claims, secret, algorithm="HS256", headers=headers)

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 roles=args.role or ["learner"],
                 device=args.device,
                 ttl_s=args.ttl,
+                kid=config.jwt_signing_kid,
             )
         )
         return 0

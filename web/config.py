@@ -12,15 +12,30 @@ from typing import Any
 SECRETS_FILE = "secrets.json"
 
 
+@dataclass(frozen=True)
+class JwtKey:
+    """One key that may verify tokens: tokens must name its `kid` (None: tokens without a
+    kid) and use exactly its algorithm, so an RSA public key can never act as an HS secret."""
+
+    kid: str | None
+    algorithm: str  # HS256 | RS256 | ES256
+    key: str
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("HS256", "RS256", "ES256"):
+            raise ValueError(f"unsupported JWT algorithm {self.algorithm!r}")
+
+
 @dataclass
 class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = field(default_factory=lambda: Path("./var"))
     database_url: str | None = None
-    jwt_secret: str | None = None  # HS256
-    jwt_public_key: str | None = None  # PEM, RS256/ES256
-    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_secret: str | None = None  # HS256: verifies tokens without `kid`, signs device tokens
+    jwt_signing_kid: str | None = None  # the `kid` put on tokens signed with jwt_secret
+    # Extra verification keys, for RS256/ES256 and key rotation (see docs/security.md)
+    jwt_keys: list[JwtKey] = field(default_factory=list)
     server_key: bytes = b""  # derives device secrets, tags cursors; never stored in the DB
     entity_types: dict[str, Any] = field(default_factory=dict)
     max_body_bytes: int = 4 * 1024 * 1024
@@ -74,12 +89,25 @@ def build_config(
     cfg.database_url = database_url or _env("CRDT_SYNC_DATABASE_URL")
     stored = load_secrets(cfg.data_dir)
     cfg.jwt_secret = _env("CRDT_SYNC_JWT_SECRET") or stored["jwt_secret"]
-    public_key_file = _env("CRDT_SYNC_JWT_PUBLIC_KEY_FILE")
-    if public_key_file:
-        cfg.jwt_public_key = Path(public_key_file).read_text()
-        cfg.jwt_algorithms = ("RS256", "ES256")
+    keys_file = _env("CRDT_SYNC_JWT_KEYS_FILE")
+    if keys_file:
+        cfg.jwt_keys, cfg.jwt_signing_kid = load_jwt_keys(Path(keys_file))
     cfg.server_key = bytes.fromhex(_env("CRDT_SYNC_SERVER_KEY") or stored["server_key"])
     types_file = _env("CRDT_SYNC_ENTITY_TYPES")
     if types_file:
         cfg.entity_types = json.loads(Path(types_file).read_text())
     return cfg
+
+
+def load_jwt_keys(path: Path) -> tuple[list[JwtKey], str | None]:
+    """`{"keys": [{"kid", "alg", "secret" | "public_key_file"}], "signing_kid"?}`: several
+    keys at once so they can rotate; `signing_kid` labels tokens signed with jwt_secret."""
+    doc = json.loads(path.read_text())
+    keys = []
+    for entry in doc.get("keys", []):
+        if "secret" in entry:
+            material = str(entry["secret"])
+        else:
+            material = (path.parent / entry["public_key_file"]).read_text()
+        keys.append(JwtKey(entry.get("kid"), entry["alg"], material))
+    return keys, doc.get("signing_kid")

@@ -139,7 +139,7 @@ class Room:
         self.manager = manager
         self.tenant_id = tenant_id
         self.doc_id = doc_id
-        self.doc: Doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.peers: set[Peer] = set()
         self.awareness: dict[int, yp.AwarenessEntry] = {}
         self.ready = asyncio.Event()
