@@ -19,3 +19,7 @@ class AuthError(SyncError):
 
 class PayloadTooLarge(InvalidInput):
     code = "batch_too_large"
+
+
+class BodyTooLarge(InvalidInput):
+    code = "body_too_large"

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from web.limits import LimitsConfig
+
 SECRETS_FILE = "secrets.json"
 
 
@@ -45,6 +47,7 @@ class Config:
     ws_ping_interval_s: float = 10.0
     ws_max_message_bytes: int = 8 * 1024 * 1024
     graceful_timeout_s: float = 10.0
+    limits: LimitsConfig = field(default_factory=lambda: LimitsConfig.load(None))
 
     @property
     def database_label(self) -> str:
@@ -89,6 +92,8 @@ def build_config(
     cfg.database_url = database_url or _env("CRDT_SYNC_DATABASE_URL")
     stored = load_secrets(cfg.data_dir)
     cfg.jwt_secret = _env("CRDT_SYNC_JWT_SECRET") or stored["jwt_secret"]
+    limits_file = _env("CRDT_SYNC_LIMITS_FILE")
+    cfg.limits = LimitsConfig.load(Path(limits_file) if limits_file else None)
     keys_file = _env("CRDT_SYNC_JWT_KEYS_FILE")
     if keys_file:
         cfg.jwt_keys, cfg.jwt_signing_kid = load_jwt_keys(Path(keys_file))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from quart import Quart, Response, jsonify
@@ -16,12 +17,15 @@ from crdt_sync.errors import (
     ResyncRequired,
     SyncError,
 )
-from protocol.errors import AuthError, PayloadTooLarge
+from protocol.errors import AuthError, BodyTooLarge, PayloadTooLarge
+from web.limits import RateLimited
 
 log = logging.getLogger("crdt_sync.web")
 
 STATUS: list[tuple[type[SyncError], int]] = [
     (PayloadTooLarge, 413),
+    (BodyTooLarge, 413),
+    (RateLimited, 429),
     (InvalidInput, 400),
     (AuthError, 401),
     (Forbidden, 403),
@@ -48,7 +52,10 @@ def install(app: Quart) -> None:
     @app.errorhandler(SyncError)
     async def _sync_error(exc: SyncError) -> Response:
         extra = {"reason": exc.reason} if isinstance(exc, ResyncRequired) else {}
-        return error_response(status_of(exc), exc.code, exc.message, **extra)
+        response = error_response(status_of(exc), exc.code, exc.message, **extra)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return response
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:

@@ -49,6 +49,7 @@ CLOSE_REVOKED = 4401  # the device was revoked
 CLOSE_TOO_SLOW = 1013  # "try again later": the send queue overflowed
 CLOSE_SERVER_ERROR = 1011
 CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009  # over the tenant's message size limit
 MAX_QUEUED_UPDATES = 256
 
 

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import binascii
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from quart import Blueprint, Response, abort, jsonify, request, websocket
 
@@ -17,7 +17,8 @@ from crdt_sync.ports import Snapshot
 from protocol import yprotocol as yp
 from web.admin_api import admin, snapshot_meta
 from web.auth import Principal
-from web.rooms import CLOSE_PROTOCOL_ERROR, Peer, Room, RoomManager
+from web.limits import Buckets, RateLimited
+from web.rooms import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, Peer, Room, RoomManager
 from web.runtime import device_binding, device_request, principal_from, runtime
 
 rooms_bp = Blueprint("rooms", __name__, url_prefix="/sync/v1")
@@ -66,12 +67,26 @@ async def _room_principal() -> Principal:
         if principal.device_id is not None:
             await device_binding(principal)
     except Forbidden:
-        abort(403)
+        _refused(403)
     except SyncError:
-        abort(401)
+        _refused(401)
     if not principal.has(*READERS):
-        abort(403)
+        _refused(403)
     return principal
+
+
+def _refused(status: int) -> NoReturn:
+    """Refuse the upgrade; a client IP that keeps failing is capped (429)."""
+    rt = runtime()
+    limits = rt.config.limits.defaults
+    buckets: Buckets = rt.extras.setdefault("upgrade_buckets", Buckets())
+    try:
+        buckets.take(
+            websocket.remote_addr, limits.upgrade_fail_rate_per_s, limits.upgrade_fail_burst
+        )
+    except RateLimited:
+        abort(429)
+    abort(status)
 
 
 @rooms_bp.websocket("/rooms/<path:doc_id>")
@@ -100,10 +115,17 @@ async def room_socket(doc_id: str) -> None:
         queue_size=rt.extras["room_settings"].send_queue,
     )
     rooms = manager()
+    max_message = rt.config.limits.for_tenant(principal.tenant_id).ws_max_message_bytes
     room = await rooms.join(principal.tenant_id, doc_id, peer)
     try:
         while not peer.closed:
             data = await ws.receive()
+            if data is None:  # Quart hands an empty binary message over as None
+                await peer.close(CLOSE_PROTOCOL_ERROR, "empty message")
+                break
+            if isinstance(data, bytes) and len(data) > max_message:
+                await peer.close(CLOSE_TOO_BIG, "message too big")
+                break
             if isinstance(data, str):
                 await peer.close(CLOSE_PROTOCOL_ERROR, "y-websocket messages are binary")
                 break

@@ -12,11 +12,12 @@ from crdt_sync.errors import Forbidden
 from crdt_sync.ports import Clock
 from crdt_sync.services import DeviceContext, SyncService
 from protocol.cursor import CursorCodec
-from protocol.errors import AuthError
+from protocol.errors import AuthError, BodyTooLarge
 from protocol.integrity import derive_device_secret, verify
 from storage.store import SqlStore
 from web.auth import Principal, bearer, decode_token
 from web.config import Config
+from web.limits import Buckets
 from web.metrics import Metrics
 
 TOUCH_EVERY_S = 60.0
@@ -31,6 +32,7 @@ class Runtime:
     cursors: CursorCodec
     metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)
+    buckets: Buckets = field(default_factory=Buckets)
     _last_touch: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def device_secret(self, tenant_id: str, device_id: str, generation: int) -> str:
@@ -93,7 +95,13 @@ async def device_request(*, signed: bool) -> tuple[DeviceContext, bytes]:
     if named is not None and named != principal.device_id:
         raise Forbidden("the request names another device", code="device_mismatch")
     rt = runtime()
+    limits = rt.config.limits.for_tenant(principal.tenant_id)
+    rt.buckets.take(
+        (principal.tenant_id, principal.device_id), limits.device_rate_per_s, limits.device_burst
+    )
     body = await request_body()
+    if len(body) > limits.max_body_bytes:
+        raise BodyTooLarge(f"the body is over {limits.max_body_bytes} bytes")
     if signed:
         secret = rt.device_secret(principal.tenant_id, principal.device_id, generation)
         _verify_signature(secret, principal.device_id, body, rt.clock.now().timestamp())

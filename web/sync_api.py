@@ -55,7 +55,8 @@ async def revoke_device(device_id: str) -> tuple[str, int]:
 async def push() -> Response:
     ctx, body = await device_request(signed=True)
     rt = runtime()
-    mutations = wire.parse_push(body, rt.service.settings.max_batch)
+    max_batch = rt.config.limits.for_tenant(ctx.tenant_id).max_batch
+    mutations = wire.parse_push(body, min(max_batch, rt.service.settings.max_batch))
     results = await rt.service.push(ctx, mutations)
     for result in results:
         rt.metrics.mutations.labels(result.status.value).inc()
