@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import secrets
 import shlex
 import shutil
@@ -117,6 +118,8 @@ def parse_args(argv: list[str]) -> Config:
     batch, pull_size = int(pick("batch")), int(pick("pull_size"))
     if not 1 <= batch <= 500 or not 1 <= pull_size <= 1000:
         raise SystemExit("--batch must be 1..500 (contract limit), --pull-size 1..1000")
+    if float(pick("duration")) <= 0 or float(pick("warmup")) < 0:
+        raise SystemExit("--duration must be > 0 and --warmup >= 0")
     workers = pick("workers") or max(1, math.ceil(concurrency[-1] / DEVICES_PER_WORKER))
     return Config(
         backends=_csv(pick("backends"), BACKENDS),
@@ -155,7 +158,8 @@ class WorkerPool:
 
     def _gather(self, timeout: float) -> list[Any]:
         deadline = time.monotonic() + timeout
-        answers, errors = [], []
+        answers: list[Any] = []
+        errors: list[Any] = []
         for i, conn in enumerate(self.conns):
             if not conn.poll(max(0.0, deadline - time.monotonic())):
                 raise WorkerError(f"client worker {i} did not answer within {timeout:.0f} s")
@@ -231,6 +235,7 @@ class Outcome:
     failures: list[dict[str, Any]]
     servers: list[dict[str, Any]]
     pg_version: str | None = None
+    loadavg_at_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def run_workloads(cfg: Config, backend: str, server: ServerProcess, out: Outcome) -> None:
@@ -306,6 +311,7 @@ def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]
             "commit": report.git_commit(),
             "machine": report.machine_info(),
             "postgresql_version": out.pg_version,
+            "loadavg_at_start": out.loadavg_at_start,
             "params": {
                 "backends": cfg.backends,
                 "concurrency": cfg.concurrency,
@@ -328,7 +334,7 @@ def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     started = datetime.now(UTC)
-    out = Outcome(rows=[], skipped=[], failures=[], servers=[])
+    out = Outcome(rows=[], skipped=[], failures=[], servers=[], loadavg_at_start=os.getloadavg())
     try:
         server_process.find_cli()
     except ServerError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DOCS_BEGIN = "<!-- http_sync:begin -->"
 DOCS_END = "<!-- http_sync:end -->"
+NOISY_OTHER_CPU_PCT = 25.0
 PACKAGES = (
     "crdt-sync",
     "quart",
@@ -37,7 +38,7 @@ headers. Closed loop: a device sends its next request as soon as the last one re
 cell runs a warm-up, then the measured window; a request counts when it *completes* inside the
 window. Latency is client-side, from just before sending to the full response body.
 
-- **push**: `POST /sync/v1/push` with `{batch}` `progress` puts (`course-0…{batch_last}` of the
+- **push**: `POST /sync/v1/push` with {batch} `progress` puts (`course-0…{batch_last}` of the
   device's user, a fresh `mutation_id` each, the device's own clock entry incremented per
   mutation, so each is `applied` over the previous version: an update, not an insert).
 - **pull**: a 500-entity delta. Before the cell each device takes cursor C0 on its empty user,
@@ -50,9 +51,10 @@ window. Latency is client-side, from just before sending to the full response bo
 
 req/s is per cell (all devices); items/s counts mutations (push) or changes (pull). Any non-2xx
 or transport failure is an error, counted over warm-up and window, by status and error code.
-CPU: client = the busiest client process / all client processes, server = `crdt-sync` and its
-children, each in % of one core; machine = all cores busy, in % of the whole machine (this also
-covers PostgreSQL). Saturation = the highest req/s seen over the concurrency levels.
+CPU over the measured window: client = the busiest client process / all client processes,
+server = `crdt-sync` and its children, other = the rest of the machine (PostgreSQL's processes,
+or anything else that ran), each in % of one core; machine = all cores busy, in % of the whole
+machine. Saturation = the highest req/s seen over the concurrency levels.
 """
 
 
@@ -89,6 +91,8 @@ def summarize_cell(
     requests = sum(w["requests"] for w in worker_stats)
     items = sum(w["items"] for w in worker_stats)
     active = [w for w in worker_stats if w["window_s"] > 0]
+    ncpu = os.cpu_count() or 1
+    server_pct = 100.0 * server_cpu_s / duration
     cpu_pcts = [100.0 * w["cpu_s"] / w["window_s"] for w in active]
     return {
         "backend": backend,
@@ -108,8 +112,10 @@ def summarize_cell(
         "client_processes": len(worker_stats),
         "client_cpu_pct_max": _r(max(cpu_pcts, default=0.0), 1),
         "client_cpu_pct_total": _r(sum(cpu_pcts), 1),
-        "server_cpu_pct": _r(100.0 * server_cpu_s / duration, 1),
+        "server_cpu_pct": _r(server_pct, 1),
         "machine_cpu_pct": _r(machine_busy_pct, 1),
+        # what neither the client nor the server used: PostgreSQL, or anything else running
+        "other_cpu_pct": _r(max(0.0, machine_busy_pct * ncpu - sum(cpu_pcts) - server_pct), 1),
     }
 
 
@@ -150,9 +156,9 @@ def _errors_cell(row: dict[str, Any]) -> str:
 def markdown_tables(report: dict[str, Any]) -> str:
     head = (
         "| backend | endpoint | devices | requests | req/s | items/s | p50 ms | p95 ms | p99 ms "
-        "| errors | client CPU % (max/all) | server CPU % | machine CPU % |"
+        "| errors | client CPU % (max/all) | server CPU % | other CPU % | machine CPU % |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in report["results"]:
         cpu = f"{_cell(r['client_cpu_pct_max'])} / {_cell(r['client_cpu_pct_total'])}"
         cells = [
@@ -168,6 +174,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
             _errors_cell(r),
             cpu,
             r["server_cpu_pct"],
+            r["other_cpu_pct"],
             r["machine_cpu_pct"],
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
@@ -184,6 +191,14 @@ def markdown_tables(report: dict[str, Any]) -> str:
             s["items_per_s"],
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    # On SQLite nothing but the client and the server should be busy; PostgreSQL rows count
+    # the database's own processes as "other", so only SQLite rows can reveal a noisy machine.
+    noisy = [r["other_cpu_pct"] for r in report["results"] if r["backend"] == "sqlite"]
+    if noisy and max(noisy) > NOISY_OTHER_CPU_PCT:
+        lines.append(
+            f"\nWARNING: other processes used up to {max(noisy):.0f}% of a core during the "
+            "SQLite cells: the machine was not quiet, and these numbers understate the server."
+        )
     odd = [r for r in report["results"] if set(r["statuses"]) - {"applied"}]
     for r in odd:
         lines.append(
@@ -276,7 +291,8 @@ def docs_section(report: dict[str, Any]) -> str:
             + (f", PostgreSQL {pg}" if pg else "")
             + f"; {pkgs}.",
             f"Client processes: {params['workers']}; {params['duration']} s per cell after "
-            f"{params['warmup']} s warm-up. Client and server share the machine.",
+            f"{params['warmup']} s warm-up. Client and server share the machine; load average "
+            f"at the start: {' '.join(f'{x:.2f}' for x in meta['loadavg_at_start'])}.",
             "",
             measured,
             markdown_tables(report),
