@@ -25,6 +25,13 @@ def check_id(value: Any, what: str) -> str:
     return value
 
 
+def check_count(value: Any, what: str, minimum: int = 0) -> int:
+    """Counters and positions are ints (not bools) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{what} must be an integer of at least {minimum}")
+    return value
+
+
 class Status(enum.StrEnum):
     APPLIED = "applied"
     MERGED = "merged"
@@ -47,7 +54,7 @@ class EntityKey:
         check_id(self.tenant_id, "tenant id")
         check_id(self.entity_type, "entity_type")
         check_id(self.entity_id, "entity_id")
-        if self.owner:
+        if self.owner != "":
             check_id(self.owner, "owner")
 
 
@@ -64,10 +71,14 @@ class EntityState:
     seq: int = 0  # position in the tenant's commit-ordered change log
 
     def __post_init__(self) -> None:
+        if not isinstance(self.key, EntityKey) or not isinstance(self.clock, VectorClock):
+            raise InvalidInput("an entity state has an EntityKey and a VectorClock")
         if self.deleted and self.payload is not None:
             raise InvalidInput("a tombstone has no payload")
-        if not self.deleted and self.payload is None:
-            raise InvalidInput("a live entity has a payload")
+        if not self.deleted and not isinstance(self.payload, dict):
+            raise InvalidInput("a live entity has an object payload")
+        check_count(self.ts, "ts")
+        check_count(self.seq, "seq")
 
     @property
     def op(self) -> Op:
@@ -96,7 +107,7 @@ class LocalMutation:
             raise InvalidInput("a put needs an object payload")
         if self.op == "delete" and self.payload is not None:
             raise InvalidInput("a delete has a null payload")
-        if not self.clock:
+        if not isinstance(self.clock, VectorClock) or not self.clock:
             raise InvalidInput("clock must name at least one node")
         if self.ts is not None and (
             isinstance(self.ts, bool) or not isinstance(self.ts, int) or self.ts < 0
@@ -152,8 +163,7 @@ class SyncRegistration:
         check_id(self.tenant_id, "tenant id")
         check_id(self.device_id, "device_id")
         check_id(self.user_id, "user id")
-        if self.generation < 1:
-            raise InvalidInput("generation starts at 1")
+        check_count(self.generation, "generation", 1)
 
     def owned_by(self, tenant_id: str, user_id: str) -> bool:
         return self.tenant_id == tenant_id and self.user_id == user_id
@@ -176,10 +186,14 @@ class SyncCursor:
     snapshot_seq: int | None = None
 
     def __post_init__(self) -> None:
-        if self.seq < 0:
-            raise InvalidInput("cursor seq is non-negative")
-        if self.snapshot_seq is not None and self.snapshot_seq < 0:
-            raise InvalidInput("cursor snapshot seq is non-negative")
+        check_id(self.tenant_id, "cursor tenant id")
+        check_id(self.device_id, "cursor device id")
+        if not isinstance(self.scope, str):
+            raise InvalidInput("cursor scope is a string")
+        check_count(self.seq, "cursor seq")
+        check_count(self.issued_at, "cursor issued_at")
+        if self.snapshot_seq is not None:
+            check_count(self.snapshot_seq, "cursor snapshot seq")
 
 
 class ConflictStatus(enum.StrEnum):
@@ -205,6 +219,7 @@ class ConflictRecord:
     resolved_payload: dict[str, Any] | None = field(default=None)
 
     def __post_init__(self) -> None:
+        check_id(self.conflict_id, "conflict_id")
         if (self.status is ConflictStatus.RESOLVED) != (self.resolved_at is not None):
             raise InvalidInput("a conflict has resolved_at exactly when it is resolved")
         if self.status is ConflictStatus.RESOLVED and self.resolution not in (

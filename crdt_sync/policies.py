@@ -1,8 +1,9 @@
 """Conflict policies: what a mutation does to the stored state of its entity.
 
-The engine (`merge.py`) settles the cases every policy shares: a mutation whose clock is
-before or equal to the stored one is `stale`. A policy decides the rest: a mutation whose
-clock dominates (`on_dominating`) and one that is concurrent (`on_concurrent`).
+The engine (`SyncService._apply` in `services.py`) settles the cases every policy shares:
+a mutation whose clock is before or equal to the stored one is `stale`. A policy decides
+the rest: a mutation whose clock dominates (`on_dominating`) and one that is concurrent
+(`on_concurrent`).
 
 Delete-vs-update precedence, per policy:
 - `lww`: a delete is one more write; the later (ts, device id) wins, delete or put.

@@ -34,9 +34,13 @@ class PayloadShape:
     id_field: str | None = None  # payload[id_field], when present, must equal the entity id
 
     def __post_init__(self) -> None:
+        if not isinstance(self.required, Mapping):
+            raise InvalidInput("required must be an object of field name -> JSON type")
         for name, kind in self.required.items():
-            if kind not in JSON_TYPES:
+            if not isinstance(kind, str) or kind not in JSON_TYPES:
                 raise InvalidInput(f"unknown JSON type {kind!r} for field {name!r}")
+        if self.id_field is not None and not isinstance(self.id_field, str):
+            raise InvalidInput("id_field must be a field name")
 
     def problems(self, entity_id: str, payload: Mapping[str, Any]) -> list[str]:
         out = []
@@ -126,6 +130,8 @@ class EntityRegistry:
     def from_config(cls, config: Mapping[str, Any]) -> EntityRegistry:
         """Built-in types plus `{"entity_types": [{"name", "scope", "policy", "required"?,
         "id_field"?}]}`; a configured type with a built-in name replaces it."""
+        if not isinstance(config, Mapping):
+            raise InvalidInput("the entity type configuration must be an object")
         registry = cls.default()
         entries = config.get("entity_types", [])
         if not isinstance(entries, list):
@@ -133,7 +139,8 @@ class EntityRegistry:
         for entry in entries:
             if not isinstance(entry, dict):
                 raise InvalidInput("each entity type is an object")
-            policy = POLICIES.get(entry.get("policy", ""))
+            policy_name = entry.get("policy", "")
+            policy = POLICIES.get(policy_name) if isinstance(policy_name, str) else None
             if policy is None:
                 raise InvalidInput(f"policy must be one of {sorted(POLICIES)}")
             registry.register(

@@ -12,12 +12,13 @@ import hashlib
 import hmac
 import json
 
-from crdt_sync.errors import ResyncRequired
+from crdt_sync.errors import InvalidInput, ResyncRequired
 from crdt_sync.model import SyncCursor
 
 VERSION = 1
 TAG_BYTES = 16
-MAX_TOKEN = 2048
+# Two 200-character ids of astral characters are 2 x 2400 bytes as escaped JSON.
+MAX_TOKEN = 8192
 
 
 def _b64(data: bytes) -> str:
@@ -57,12 +58,16 @@ class CursorCodec:
             body, tag = _unb64(body_text), _unb64(tag_text)
         except (binascii.Error, ValueError):
             raise invalid from None
+        # base64 is malleable (unused trailing bits, '+' for '-', stray characters are
+        # skipped): accept only the one spelling `encode` produces.
+        if _b64(body) != body_text or _b64(tag) != tag_text:
+            raise invalid
         if not hmac.compare_digest(tag, self._tag(body)):
             raise invalid
         try:
             version, tenant, device, seq, scope, issued, snap = json.loads(body)
             if version != VERSION:
                 raise invalid
-            return SyncCursor(tenant, device, int(seq), scope, int(issued), snap)
-        except (ValueError, TypeError):
+            return SyncCursor(tenant, device, seq, scope, issued, snap)
+        except (ValueError, TypeError, InvalidInput):
             raise invalid from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import math
 
 from protocol.errors import AuthError
 
@@ -46,15 +48,22 @@ def verify(
         ts = int(timestamp)
     except ValueError:
         raise AuthError("X-Sync-Timestamp must be unix seconds", code="bad_signature") from None
-    if abs(now - ts) > max_skew_s:
+    try:
+        skew = abs(now - ts)
+    except OverflowError:  # beyond a float's range: certainly not now (and not a 500)
+        skew = math.inf
+    if skew > max_skew_s:
         raise AuthError(
             f"X-Sync-Timestamp is more than {max_skew_s:g} s off", code="stale_timestamp"
         )
     expected = sign(secret, timestamp, method, path, device_id, body)
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    # Compare bytes: a header with non-ASCII characters is a wrong signature, not a TypeError.
+    given = signature.strip().lower().encode("utf-8", "replace")
+    if not hmac.compare_digest(expected.encode(), given):
         raise AuthError("the request signature does not match", code="bad_signature")
 
 
 def derive_device_secret(server_key: bytes, tenant_id: str, device_id: str, generation: int) -> str:
-    message = f"device-secret\n{tenant_id}\n{device_id}\n{generation}".encode()
+    # JSON keeps the fields apart: ids may contain any character, newlines included.
+    message = json.dumps(["device-secret", tenant_id, device_id, generation]).encode()
     return hmac.new(server_key, message, hashlib.sha256).hexdigest()

@@ -7,6 +7,8 @@ nothing else escapes these functions.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from crdt_sync.errors import InvalidInput
@@ -21,9 +23,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# A `\uD800`-`\uDFFF` escape: JSON syntax allows a lone one, but it is no Unicode text and
+# cannot be stored (UTF-8 encoding fails deep in the store, a 500). Checked only when present.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf, which JSON cannot carry back out
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        # JSON is UTF-8 (RFC 8259). Decoding strictly here also refuses UTF-8-encoded
+        # surrogates, which json.loads(bytes) would let through ('surrogatepass').
+        text = body.decode("utf-8-sig")
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if _SURROGATE_ESCAPE.search(body):
+            json.dumps(value, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError
+        return value
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
