@@ -5,7 +5,9 @@ Written against the ports in `ports.py`; the web layer authenticates, decodes an
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +33,15 @@ from crdt_sync.registry import MAX_PAYLOAD_BYTES, EntityRegistry, EntityType
 from crdt_sync.vector_clock import SERVER_NODE, Ordering, VectorClock
 
 DAY = 86400.0
+
+# Snapshots taken in one transaction share `created_at`; the archive lists newest first by
+# (created_at, snapshot_id), so ids must grow in creation order: a per-process counter seeded
+# from the wall clock (16 hex digits) plus randomness.
+_snapshot_seq = itertools.count(time.time_ns())
+
+
+def new_snapshot_id() -> str:
+    return f"{next(_snapshot_seq):016x}{uuid.uuid4().hex[:16]}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ class SyncService:
         device_id: str = "",
     ) -> Snapshot:
         return Snapshot(
-            snapshot_id=uuid.uuid4().hex,
+            snapshot_id=new_snapshot_id(),
             tenant_id=key.tenant_id,
             kind="entity",
             entity_type=key.entity_type,
@@ -301,6 +312,8 @@ class SyncService:
     async def register_device(
         self, tenant_id: str, user_id: str, device_id: str, name: str = "", platform: str = ""
     ) -> SyncRegistration:
+        if device_id == SERVER_NODE:
+            raise InvalidInput(f"{SERVER_NODE!r} is the server's clock node, not a device id")
         existing = await self.store.get_device(tenant_id, device_id)
         if existing is not None and existing.registration.user_id != user_id:
             raise Conflict("this device id is registered to another user", code="device_taken")

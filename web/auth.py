@@ -21,6 +21,7 @@ class Principal:
     user_id: str
     roles: frozenset[str]
     device_id: str | None = None
+    generation: int | None = None  # device tokens: the registration they were issued for
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
@@ -81,7 +82,17 @@ def decode_token(config: Config, token: str) -> Principal:
         user_id=_claim_id(claims, "sub"),
         roles=frozenset(roles) & ROLES,
         device_id=None if did is None else _claim_id(claims, "did"),
+        generation=_generation(claims),
     )
+
+
+def _generation(claims: dict[str, Any]) -> int | None:
+    gen = claims.get("gen")
+    if gen is None:
+        return None
+    if isinstance(gen, bool) or not isinstance(gen, int):
+        raise AuthError("the token's 'gen' claim must be an integer")
+    return gen
 
 
 def bearer(header: str | None) -> str:
@@ -103,6 +114,7 @@ def mint_token(
     ttl_s: int = 3600,
     now: float | None = None,
     kid: str | None = None,
+    generation: int | None = None,
 ) -> str:
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {
@@ -114,5 +126,7 @@ def mint_token(
     }
     if device is not None:
         claims["did"] = device
+    if generation is not None:
+        claims["gen"] = generation
     headers = {"kid": kid} if kid else None
     return jwt.encode(claims, secret, algorithm="HS256", headers=headers)

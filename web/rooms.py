@@ -28,7 +28,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -39,6 +38,7 @@ from pycrdt import Doc
 from crdt_sync.model import EntityKey, EntityState
 from crdt_sync.ports import Snapshot
 from crdt_sync.registry import YDOC_TYPE
+from crdt_sync.services import new_snapshot_id
 from crdt_sync.vector_clock import SERVER_NODE, VectorClock
 from protocol import yprotocol as yp
 
@@ -111,6 +111,10 @@ class Peer:
         if self.closed:
             return
         self.closed = True
+        if self.sender is not None and self.sender is not asyncio.current_task():
+            # What is still queued is moot once we close (the client resyncs); and a sender
+            # stuck on a full socket holds the transport, which would keep the close frame out.
+            self.sender.cancel()
         with contextlib.suppress(Exception):
             await self._close(code, reason)
 
@@ -214,7 +218,7 @@ class Room:
         """Queue an update for the flusher; the future is True once it is stored and
         forwarded, False if it was invalid."""
         item = _Pending(
-            update, origin, source, archive_reason, device_id, snapshot_id or uuid.uuid4().hex
+            update, origin, source, archive_reason, device_id, snapshot_id or new_snapshot_id()
         )
         self._pending.append(item)
         self._wake.set()

@@ -26,6 +26,7 @@ admin_docs_bp = Blueprint("admin_docs", __name__, url_prefix="/admin/v1")
 
 WRITERS = ("author", "admin", "service")
 READERS = ("learner", *WRITERS)
+CLOSE_WAIT_S = 2.0  # longest wait for a close frame to go out before dropping the client
 
 
 def manager() -> RoomManager:
@@ -102,9 +103,13 @@ async def room_socket(doc_id: str) -> None:
     handler = asyncio.current_task()
 
     async def close(code: int, reason: str) -> None:
-        await ws.close(code, reason)
-        if handler is not None and handler is not asyncio.current_task():
-            handler.cancel()
+        # A client that stops reading never takes the close frame (the send blocks on a full
+        # socket buffer): give up waiting and end the handler, so it leaves the room anyway.
+        try:
+            await asyncio.wait_for(ws.close(code, reason), CLOSE_WAIT_S)
+        finally:
+            if handler is not None and handler is not asyncio.current_task():
+                handler.cancel()
 
     peer = Peer(
         ws.send,

@@ -83,6 +83,9 @@ async def device_binding(principal: Principal) -> int:
         raise Forbidden("this device is registered to another user", code="device_mismatch")
     if reg.revoked:
         raise AuthError("this device was revoked", code="device_revoked")
+    if principal.generation is not None and principal.generation != reg.generation:
+        # The device was registered again since: only the newest device token works.
+        raise AuthError("this device token was superseded by a newer registration")
     return reg.generation
 
 

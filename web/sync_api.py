@@ -34,6 +34,7 @@ async def register_device() -> tuple[Response, int]:
         device=device_id,
         ttl_s=DEVICE_TOKEN_TTL_S,
         kid=rt.config.jwt_signing_kid,
+        generation=reg.generation,
     )
     secret = rt.device_secret(principal.tenant_id, device_id, reg.generation)
     return jsonify({"device_id": device_id, "device_secret": secret, "device_token": token}), 201
