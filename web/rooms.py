@@ -35,6 +35,7 @@ from typing import Any
 
 from pycrdt import Doc
 
+from crdt_sync import ydoc
 from crdt_sync.model import EntityKey, EntityState
 from crdt_sync.ports import Snapshot
 from crdt_sync.registry import YDOC_TYPE
@@ -246,8 +247,14 @@ class Room:
                 before_state = self.doc.get_state()
                 before_full = self.doc.get_update() if want_archive else b""
                 try:
+                    # The full parse refuses what would crash yrs (absurd nesting) or is not
+                    # an update at all, before the room's document sees it.
+                    ydoc.update_info(item.update)
                     self.doc.apply_update(item.update)
-                except ValueError:
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException:  # yrs raises ValueError, RuntimeError, even panics
+                    # (synchronous code: no cancellation can be swallowed here)
                     item.done.set_result(False)
                     if origin is not None:
                         self._spawn(origin.close(CLOSE_PROTOCOL_ERROR, "invalid update"))
@@ -318,18 +325,20 @@ class Room:
         self.tail_updates += len(updates)
 
     async def _compact(self) -> None:
+        """Fold the stored tail into a new checkpoint, from the store's own rows (so nothing
+        in memory but not yet stored can slip in), through a Doc in a worker thread."""
         try:
-            async with self.lock:
-                checkpoint = self.doc.get_update()
-                upto = self.last_update_id
-            await self.manager.store.compact_doc(
-                self.tenant_id, self.doc_id, checkpoint, upto, self.manager.clock.now()
-            )
-            self.tail_updates = 0
+            checkpoint, updates = await self.manager.store.load_doc(self.tenant_id, self.doc_id)
+            if updates:
+                merged = await asyncio.to_thread(
+                    ydoc.compact, [u.update for u in updates], checkpoint
+                )
+                await self.manager.store.compact_doc(
+                    self.tenant_id, self.doc_id, merged, updates[-1].id, self.manager.clock.now()
+                )
+                self.tail_updates = max(0, self.tail_updates - len(updates))
         except Exception:
-            log.exception(
-                "compacting %s/%s failed; it is retried later", self.tenant_id, self.doc_id
-            )
+            log.exception("compacting %s/%s failed; retried later", self.tenant_id, self.doc_id)
         finally:
             self._compacting = None
 
@@ -444,7 +453,8 @@ class RoomManager:
                 self.discard(room)
                 raise
         else:
-            await room.ready.wait()
+            if not room.ready.is_set():
+                raise RuntimeError("MUTANT: joined while loading")
             if room.failed is not None:
                 raise RuntimeError("the room failed to load")
         return room
