@@ -18,6 +18,7 @@ from web import errors
 from web.admin_api import bp as admin_bp
 from web.config import Config
 from web.metrics import Metrics
+from web.openapi import bp as openapi_bp
 from web.ops_api import bp as ops_bp
 from web.rooms import RoomManager, RoomSettings
 from web.rooms_api import admin_docs_bp, rooms_bp
@@ -50,6 +51,7 @@ def create_app(
         rt.extras["room_settings"] = room_settings
         rt.extras["on_revoke"] = rooms.disconnect_device
         rt.extras["on_shutdown"] = [rooms.shutdown]
+        rt.extras["on_stop"] = [rooms.shutdown]
 
     @app.after_serving
     async def _stop() -> None:
@@ -82,6 +84,7 @@ def create_app(
     app.register_blueprint(ops_bp)
     app.register_blueprint(rooms_bp)
     app.register_blueprint(admin_docs_bp)
+    app.register_blueprint(openapi_bp)
     return app
 
 

@@ -42,4 +42,14 @@ async def serve_app(
             await stop.wait()
 
         shutdown = _wait
-    await serve(app, hypercorn_config(config), shutdown_trigger=shutdown)  # type: ignore[arg-type]
+    wait_for_stop = shutdown
+
+    async def _trigger() -> None:
+        await wait_for_stop()
+        # Before Hypercorn waits for open connections: rooms store what they hold and close
+        # their sockets (1001), so shutdown does not sit out the graceful timeout.
+        runtime = app.extensions.get("crdt_sync")
+        for hook in [] if runtime is None else runtime.extras.get("on_stop", []):
+            await hook()
+
+    await serve(app, hypercorn_config(config), shutdown_trigger=_trigger)  # type: ignore[arg-type]
