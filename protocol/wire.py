@@ -139,10 +139,11 @@ def parse_resolution(body: bytes) -> tuple[str, dict[str, Any] | None]:
 def parse_limit(raw: str | None, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest("limit must be an integer") from None
+    # Plain ASCII digits only: int() would also take "5_0", "+5" and non-ASCII digits.
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise BadRequest("limit must be an integer")
+    value = int(text)
     if not 1 <= value <= maximum:
         raise BadRequest(f"limit must be 1..{maximum}")
     return value
