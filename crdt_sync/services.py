@@ -26,6 +26,7 @@ from crdt_sync.model import (
     SyncCursor,
     SyncRegistration,
     canonical_json,
+    check_id,
 )
 from crdt_sync.policies import Decision, Write
 from crdt_sync.ports import Clock, Snapshot, SyncStore, WriteTx
@@ -277,6 +278,14 @@ class SyncService:
         rows = await self.store.read_changes(
             ctx.tenant_id, ctx.user_id, after, limit + 1, skip_tombstones_upto=snapshot_seq
         )
+        if cursor is not None:
+            # Retention may have pruned tombstones after this cursor between the look at the
+            # head and the read: then the rows lack those deletes, and the device must resync.
+            _, horizon_now = await self.store.head(ctx.tenant_id)
+            if cursor.seq < horizon_now:
+                raise ResyncRequired(
+                    "tombstone_horizon", "deletes after this cursor were already pruned"
+                )
         has_more = len(rows) > limit
         rows = rows[:limit]
         # Without more rows, everything up to `head` (all committed) has been seen.
@@ -328,6 +337,7 @@ class SyncService:
         self, tenant_id: str, device_id: str, by_user: str | None
     ) -> SyncRegistration:
         """Revoke; `by_user` None means an admin of the tenant."""
+        check_id(device_id, "device_id")  # a NUL would reach PostgreSQL (a 500)
         existing = await self.store.get_device(tenant_id, device_id)
         if existing is None or (by_user is not None and existing.registration.user_id != by_user):
             raise NotFound("no such device")

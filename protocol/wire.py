@@ -120,6 +120,8 @@ def parse_device_registration(body: bytes) -> tuple[str, str, str]:
         raise BadRequest("name and platform must be strings")
     if len(name) > 200 or len(platform) > 200:
         raise BadRequest("name and platform have at most 200 characters")
+    if "\x00" in name or "\x00" in platform:  # PostgreSQL text cannot hold NUL (a 500)
+        raise BadRequest("name and platform must not contain NUL")
     try:
         check_id(device_id, "device_id")
     except InvalidInput as exc:

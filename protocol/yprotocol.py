@@ -144,6 +144,11 @@ class AwarenessEntry:
     state: Any  # None when the client left
 
 
+def _not_json(name: str) -> Any:
+    """NaN and Infinity are no JSON: relayed, they would break JSON.parse in every client."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_awareness(update: bytes) -> list[AwarenessEntry]:
     reader = Reader(update)
     count = reader.varuint()
@@ -155,8 +160,8 @@ def decode_awareness(update: bytes) -> list[AwarenessEntry]:
         clock = reader.varuint()
         text = reader.varstring()
         try:
-            state = json.loads(text)
-        except ValueError:
+            state = json.loads(text, parse_constant=_not_json)
+        except (ValueError, RecursionError):  # deep nesting exhausts the parser's recursion
             raise YProtocolError("awareness state is not JSON") from None
         entries.append(AwarenessEntry(client_id, clock, state))
     if not reader.done():

@@ -128,15 +128,13 @@ class SqlWriteTx:
         await self._conn.execute(snapshots.insert(), [codec.snapshot_row(snapshot)])
 
     async def append_doc_updates(self, doc_id: str, updates: Sequence[bytes]) -> int:
-        last = 0
-        for data in updates:
-            result = await self._conn.execute(
-                doc_updates.insert()
-                .values(tenant_id=self._tenant, doc_id=doc_id, data=data)
-                .returning(doc_updates.c.id)
-            )
-            last = int(result.scalar_one())
-        return last
+        if not updates:
+            return 0
+        rows = [{"tenant_id": self._tenant, "doc_id": doc_id, "data": data} for data in updates]
+        # One statement per chunk (SQLAlchemy's insertmanyvalues), not a round trip per update.
+        stmt = doc_updates.insert().returning(doc_updates.c.id)
+        ids = [row.id for part in _chunks(rows) for row in await self._conn.execute(stmt, part)]
+        return int(max(ids))
 
     async def flush(self) -> None:
         if self._pending:
@@ -418,11 +416,14 @@ class SqlStore:
                 "updated_at": codec.to_ts(now),
             }
             await conn.execute(_upsert(conn, doc_checkpoints, ["tenant_id", "doc_id"], row), row)
+            # The row `upto_update_id` itself stays (load_doc skips it): SQLite hands out
+            # max(rowid) + 1, so deleting the table's newest row would give the next update an
+            # id <= upto_id, which load_doc would never read again.
             await conn.execute(
                 delete(doc_updates).where(
                     doc_updates.c.tenant_id == tenant_id,
                     doc_updates.c.doc_id == doc_id,
-                    doc_updates.c.id <= upto_update_id,
+                    doc_updates.c.id < upto_update_id,
                 )
             )
 

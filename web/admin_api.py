@@ -9,18 +9,24 @@ from typing import Any
 from quart import Blueprint, Response, jsonify, request
 
 from crdt_sync.errors import InvalidInput, NotFound
-from crdt_sync.model import EntityKey, rfc3339
+from crdt_sync.model import EntityKey, check_id, rfc3339
 from crdt_sync.ports import Snapshot
 from crdt_sync.services import entity_to_json
 from protocol import wire
 from web.auth import Principal
-from web.runtime import authenticate, request_body, runtime
+from web.runtime import authenticate, request_body, require_bound_device, runtime
 
 bp = Blueprint("admin_v1", __name__, url_prefix="/admin/v1")
+bp.before_request(require_bound_device)  # a revoked device's token keeps no admin access
 
 
 def admin() -> Principal:
-    return authenticate("admin")
+    """The admin principal; then every id in the route is checked (1..200 characters, no NUL:
+    a NUL reached PostgreSQL as a 500, an over-long id was looked up as if valid)."""
+    principal = authenticate("admin")
+    for name, value in (request.view_args or {}).items():
+        check_id(value, name)
+    return principal
 
 
 def snapshot_meta(s: Snapshot) -> dict[str, Any]:

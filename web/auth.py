@@ -29,8 +29,8 @@ class Principal:
 
 def _claim_id(claims: dict[str, Any], name: str) -> str:
     value = claims.get(name)
-    if not isinstance(value, str) or not 0 < len(value) <= 200:
-        raise AuthError(f"the token's {name!r} claim must be a string of 1..200 characters")
+    if not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value:
+        raise AuthError(f"the token's {name!r} claim must be 1..200 characters without NUL")
     return value
 
 

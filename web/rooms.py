@@ -189,6 +189,9 @@ class Room:
         await self.drain()
         for peer in list(self.peers):
             await peer.close(code, reason)
+        # Updates that arrived while the peers were being closed: store them too, or the
+        # flusher would be cancelled in the middle of writing them.
+        await self.drain()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -246,10 +249,12 @@ class Room:
                 )
                 before_state = self.doc.get_state()
                 before_full = self.doc.get_update() if want_archive else b""
+                parsed = False
                 try:
                     # The full parse refuses what would crash yrs (absurd nesting) or is not
                     # an update at all, before the room's document sees it.
                     ydoc.update_info(item.update)
+                    parsed = True
                     self.doc.apply_update(item.update)
                 except (KeyboardInterrupt, SystemExit):
                     raise
@@ -258,6 +263,17 @@ class Room:
                     item.done.set_result(False)
                     if origin is not None:
                         self._spawn(origin.close(CLOSE_PROTOCOL_ERROR, "invalid update"))
+                    if parsed:
+                        # yrs may have integrated part of it (or kept parts pending) before
+                        # failing: rebuild from the store plus what this batch accepted, so
+                        # memory never holds operations the store lacks.
+                        try:
+                            self.doc = await self._rebuilt([a.update for a in accepted])
+                        except Exception:  # memory may be ahead of the store: drop the room
+                            log.exception("rebuilding %s/%s failed", self.tenant_id, self.doc_id)
+                            self.manager.discard(self)
+                            for peer in list(self.peers):
+                                self._spawn(peer.close(CLOSE_SERVER_ERROR, "storage failure"))
                     continue
                 if want_archive and (item.archive_reason or self.doc.get_state() != before_state):
                     snapshots.append(
@@ -291,6 +307,14 @@ class Room:
                 item.done.set_result(True)
         if self.tail_updates >= self.manager.settings.compact_every and self._compacting is None:
             self._compacting = asyncio.create_task(self._compact())
+
+    async def _rebuilt(self, unstored: list[bytes]) -> Doc[Any]:
+        """A fresh Doc of what is stored plus `unstored` (under the lock)."""
+        checkpoint, updates = await self.manager.store.load_doc(self.tenant_id, self.doc_id)
+        doc: Doc[Any] = Doc()
+        for update in ([checkpoint] if checkpoint else []) + [u.update for u in updates] + unstored:
+            doc.apply_update(update)
+        return doc
 
     def _snapshot(
         self, snapshot_id: str, content: bytes, reason: str, device_id: str, now: Any
@@ -453,8 +477,7 @@ class RoomManager:
                 self.discard(room)
                 raise
         else:
-            if not room.ready.is_set():
-                raise RuntimeError("MUTANT: joined while loading")
+            await room.ready.wait()
             if room.failed is not None:
                 raise RuntimeError("the room failed to load")
         return room

@@ -19,10 +19,17 @@ from web.admin_api import admin, snapshot_meta
 from web.auth import Principal
 from web.limits import Buckets, RateLimited
 from web.rooms import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, Peer, Room, RoomManager
-from web.runtime import device_binding, device_request, principal_from, runtime
+from web.runtime import (
+    device_binding,
+    device_request,
+    principal_from,
+    require_bound_device,
+    runtime,
+)
 
 rooms_bp = Blueprint("rooms", __name__, url_prefix="/sync/v1")
 admin_docs_bp = Blueprint("admin_docs", __name__, url_prefix="/admin/v1")
+admin_docs_bp.before_request(require_bound_device)  # a revoked device keeps no admin access
 
 WRITERS = ("author", "admin", "service")
 READERS = ("learner", *WRITERS)

@@ -89,6 +89,22 @@ async def device_binding(principal: Principal) -> int:
     return reg.generation
 
 
+async def bound_principal() -> Principal:
+    """`authenticate()` for the routes that take user tokens (device registration and
+    revocation, /admin/v1): a device token there must still pass the device binding, or a
+    revoked device could mint itself a new device, revoke others or reach /admin/v1."""
+    principal = authenticate()
+    if principal.device_id is not None:
+        await device_binding(principal)
+    return principal
+
+
+async def require_bound_device() -> None:
+    """A blueprint `before_request` doing `bound_principal()` (preflight OPTIONS aside)."""
+    if request.method != "OPTIONS":
+        await bound_principal()
+
+
 async def device_request(*, signed: bool) -> tuple[DeviceContext, bytes]:
     """Authenticate a /sync/v1 device call: token, binding, and (for bodies) the HMAC."""
     principal = authenticate()

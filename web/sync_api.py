@@ -8,7 +8,7 @@ from crdt_sync.errors import ResyncRequired
 from crdt_sync.services import entity_to_json
 from protocol import wire
 from web.auth import mint_token
-from web.runtime import authenticate, device_request, request_body, runtime
+from web.runtime import bound_principal, device_request, request_body, runtime
 
 bp = Blueprint("sync_v1", __name__, url_prefix="/sync/v1")
 
@@ -17,7 +17,7 @@ DEVICE_TOKEN_TTL_S = 30 * 86400
 
 @bp.post("/devices")
 async def register_device() -> tuple[Response, int]:
-    principal = authenticate()
+    principal = await bound_principal()
     rt = runtime()
     body = await request_body()
     device_id, name, platform = wire.parse_device_registration(body)
@@ -42,7 +42,7 @@ async def register_device() -> tuple[Response, int]:
 
 @bp.delete("/devices/<path:device_id>")
 async def revoke_device(device_id: str) -> tuple[str, int]:
-    principal = authenticate()
+    principal = await bound_principal()
     rt = runtime()
     by_user = None if principal.has("admin") else principal.user_id
     await rt.service.revoke_device(principal.tenant_id, device_id, by_user)
