@@ -253,8 +253,12 @@ class Room:
                 try:
                     # The full parse refuses what would crash yrs (absurd nesting) or is not
                     # an update at all, before the room's document sees it.
-                    ydoc.update_info(item.update)
+                    info = ydoc.update_info(item.update)
                     parsed = True
+                    if not info.structs and not info.deletes and not item.archive_reason:
+                        # An empty update (a synced writer's sync step 2): nothing to store.
+                        item.done.set_result(True)
+                        continue
                     self.doc.apply_update(item.update)
                 except (KeyboardInterrupt, SystemExit):
                     raise
