@@ -56,7 +56,8 @@ MAX_QUEUED_UPDATES = 256
 
 @dataclass
 class RoomSettings:
-    send_queue: int = 2048
+    send_queue: int = 2048  # messages queued for one client
+    send_queue_bytes: int = 32 * 1024 * 1024  # and their bytes: whichever fills first
     unload_after_s: float = 30.0
     compact_every: int = 500  # updates in the log tail before a checkpoint is written
     archive_retention_s: float = 30 * 86400.0
@@ -74,8 +75,11 @@ class Peer:
         device_id: str | None,
         user_id: str,
         queue_size: int,
+        queue_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._send = send
+        self._max_bytes = queue_bytes
+        self.queued_bytes = 0
         self._close = close
         self.writable = writable
         self.device_id = device_id
@@ -94,19 +98,24 @@ class Peer:
             message = await self.queue.get()
             if message is None:
                 return
+            self.queued_bytes -= len(message)
             try:
                 await self._send(message)
             except Exception:  # the socket is gone; the receive side cleans up
                 return
 
     def offer(self, message: bytes) -> bool:
+        """Queue a message; False when the client is too far behind (count or bytes)."""
         if self.closed:
             return True
+        if self.queued_bytes + len(message) > self._max_bytes:
+            return False
         try:
             self.queue.put_nowait(message)
-            return True
         except asyncio.QueueFull:
             return False
+        self.queued_bytes += len(message)
+        return True
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed:

@@ -125,6 +125,7 @@ async def room_socket(doc_id: str) -> None:
         device_id=principal.device_id,
         user_id=principal.user_id,
         queue_size=rt.extras["room_settings"].send_queue,
+        queue_bytes=rt.extras["room_settings"].send_queue_bytes,
     )
     rooms = manager()
     max_message = rt.config.limits.for_tenant(principal.tenant_id).ws_max_message_bytes
