@@ -381,7 +381,17 @@ class SqlStore:
     # -- Yjs documents ------------------------------------------------------------------
 
     async def load_doc(self, tenant_id: str, doc_id: str) -> tuple[bytes | None, list[DocUpdate]]:
+        """Checkpoint and the updates after it. The updates are read first: a compaction
+        committing between the two reads then only makes the checkpoint cover more of them,
+        and those are filtered out; read the other way round, they would be lost."""
         async with self.engine.connect() as conn:
+            rows = list(
+                await conn.execute(
+                    select(doc_updates.c.id, doc_updates.c.data)
+                    .where(doc_updates.c.tenant_id == tenant_id, doc_updates.c.doc_id == doc_id)
+                    .order_by(doc_updates.c.id)
+                )
+            )
             cp = (
                 await conn.execute(
                     select(doc_checkpoints.c.data, doc_checkpoints.c.upto_id).where(
@@ -390,17 +400,8 @@ class SqlStore:
                     )
                 )
             ).first()
-            upto = 0 if cp is None else int(cp.upto_id)
-            rows = await conn.execute(
-                select(doc_updates.c.id, doc_updates.c.data)
-                .where(
-                    doc_updates.c.tenant_id == tenant_id,
-                    doc_updates.c.doc_id == doc_id,
-                    doc_updates.c.id > upto,
-                )
-                .order_by(doc_updates.c.id)
-            )
-            updates = [DocUpdate(int(r.id), bytes(r.data)) for r in rows]
+        upto = 0 if cp is None else int(cp.upto_id)
+        updates = [DocUpdate(int(r.id), bytes(r.data)) for r in rows if int(r.id) > upto]
         return (None if cp is None else bytes(cp.data)), updates
 
     async def compact_doc(
