@@ -14,7 +14,7 @@ from crdt_sync.registry import EntityRegistry
 from crdt_sync.services import Settings, SyncService
 from protocol.cursor import CursorCodec
 from storage.engine import open_store
-from web import errors
+from web import errors, routing
 from web.admin_api import bp as admin_bp
 from web.config import Config
 from web.metrics import Metrics
@@ -32,6 +32,7 @@ def create_app(
     config: Config, clock: Clock | None = None, settings: Settings | None = None
 ) -> Quart:
     app = Quart("crdt_sync")
+    routing.configure(app.url_map)  # ids in paths are data: before any route
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     clock = clock or SystemClock()
