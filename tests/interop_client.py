@@ -16,7 +16,6 @@ See tests/interop/README.md for the command protocol.
         await client.aclose()
 """
 
-
 from __future__ import annotations
 
 import asyncio

@@ -55,7 +55,8 @@ def test_env_secret_wins_over_data_dir(tmp_path: Path, monkeypatch: pytest.Monke
         text=True,
         check=True,
     ).stdout.strip()
-    assert jwt.decode(out, "from-env-0123456789abcdef0123456789abcdef", algorithms=["HS256"])["roles"] == ["learner"]
+    claims = jwt.decode(out, "from-env-0123456789abcdef0123456789abcdef", algorithms=["HS256"])
+    assert claims["roles"] == ["learner"]
 
 
 def test_flags_win_over_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
