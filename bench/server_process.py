@@ -8,6 +8,7 @@ benchmark can mint user tokens itself, and stopped with SIGTERM (SIGKILL after a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -42,11 +43,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _clean_env(secret: str) -> dict[str, str]:
+# Each simulated device runs a closed loop far faster than a real player would; the
+# per-device rate limit (a protection, not a capacity) is lifted so it is not what we measure.
+BENCH_LIMITS = {"defaults": {"device_rate_per_s": 1_000_000, "device_burst": 1_000_000}}
+
+
+def _clean_env(secret: str, data_dir: Path) -> dict[str, str]:
     # Inherited CRDT_SYNC_* settings (a database URL, another secret) must not leak in:
     # the flags name the backend, and the secret is the one the benchmark signs with.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDT_SYNC_")}
     env["CRDT_SYNC_JWT_SECRET"] = secret
+    limits = data_dir / "bench-limits.json"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    limits.write_text(json.dumps(BENCH_LIMITS))
+    env["CRDT_SYNC_LIMITS_FILE"] = str(limits)
     return env
 
 
@@ -83,7 +93,7 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.command(),
-                env=_clean_env(self.jwt_secret),
+                env=_clean_env(self.jwt_secret, self.data_dir),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
