@@ -301,7 +301,9 @@ def docs_section(report: dict[str, Any]) -> str:
     )
 
 
-def update_docs(path: Path, section: str) -> None:
+def update_docs(path: Path, section: str, begin: str = DOCS_BEGIN, end: str = DOCS_END) -> None:
+    """Replace the section between the `begin` and `end` markers of `path` (every benchmark
+    owns one pair), or append it when the markers are not there yet."""
     if path.exists():
         text = path.read_text()
     else:
@@ -310,9 +312,9 @@ def update_docs(path: Path, section: str) -> None:
             "and the commit it measured. Regenerate a section with its command plus "
             "`--write-docs`.\n"
         )
-    if DOCS_BEGIN in text and DOCS_END in text:
-        before = text[: text.index(DOCS_BEGIN)]
-        after = text[text.index(DOCS_END) + len(DOCS_END) :]
+    if begin in text and end in text:
+        before = text[: text.index(begin)]
+        after = text[text.index(end) + len(end) :]
         text = before + section + after
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
