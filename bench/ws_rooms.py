@@ -335,13 +335,14 @@ async def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
     db_name: str | None = None
     url: str | None = None
     if backend == "postgresql":
-        out.pg_version = server_process.pg_version()
+        # these helpers run their own event loop: keep them off this one
+        out.pg_version = await asyncio.to_thread(server_process.pg_version)
         if out.pg_version is None:
             reason = f"PostgreSQL not reachable at {server_process.PG_ADMIN_DSN}"
             out.skipped.append({"backend": backend, "reason": reason})
             _log(f"note: skipping postgresql: {reason}")
             return
-        db_name, url = server_process.create_database()
+        db_name, url = await asyncio.to_thread(server_process.create_database)
     try:
         if "fanout" in cfg.workloads:
             await run_fanouts(cfg, backend, url, out)
@@ -349,7 +350,7 @@ async def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
             await run_idles(cfg, backend, url, out)
     finally:
         if db_name:
-            server_process.drop_database(db_name)
+            await asyncio.to_thread(server_process.drop_database, db_name)
 
 
 def node_versions() -> dict[str, str | None]:
