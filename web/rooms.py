@@ -63,6 +63,11 @@ class RoomSettings:
     archive_retention_s: float = 30 * 86400.0
 
 
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 class Peer:
     """One connected client as the room sees it (transport-agnostic)."""
 
@@ -242,8 +247,19 @@ class Room:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, []
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._flush(batch)
+            except Exception:  # never let the flusher die silently: drop the room instead
+                log.exception("room %s/%s failed; dropping it", self.tenant_id, self.doc_id)
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(RuntimeError("the room failed"))
+                self.manager.discard(self)
+                for peer in list(self.peers):
+                    self._spawn(peer.close(CLOSE_SERVER_ERROR, "room failure"))
+                return
 
     async def _flush(self, batch: list[_Pending]) -> None:
         metrics = self.manager.metrics
@@ -266,14 +282,14 @@ class Room:
                     parsed = True
                     if not info.structs and not info.deletes and not item.archive_reason:
                         # An empty update (a synced writer's sync step 2): nothing to store.
-                        item.done.set_result(True)
+                        _resolve(item.done, True)
                         continue
                     self.doc.apply_update(item.update)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException:  # yrs raises ValueError, RuntimeError, even panics
                     # (synchronous code: no cancellation can be swallowed here)
-                    item.done.set_result(False)
+                    _resolve(item.done, False)
                     if origin is not None:
                         self._spawn(origin.close(CLOSE_PROTOCOL_ERROR, "invalid update"))
                     if parsed:
@@ -317,7 +333,7 @@ class Room:
             for item in accepted:
                 metrics.doc_updates.labels(item.source).inc()
                 self.broadcast(yp.sync_update(item.update), exclude=item.origin)
-                item.done.set_result(True)
+                _resolve(item.done, True)
         if self.tail_updates >= self.manager.settings.compact_every and self._compacting is None:
             self._compacting = asyncio.create_task(self._compact())
 
@@ -414,7 +430,10 @@ class Room:
                     message.payload, peer, "websocket", device_id=peer.device_id or ""
                 )
                 if len(self._pending) > MAX_QUEUED_UPDATES:
-                    await done  # back-pressure: stop reading this socket until it is stored
+                    # Back-pressure: stop reading this socket until it is stored. Shielded: the
+                    # future belongs to the flusher, and cancelling it (this handler closing)
+                    # must not break the flusher's set_result.
+                    await asyncio.shield(done)
         elif message.type is yp.MessageType.AWARENESS:
             entries = yp.decode_awareness(message.payload)
             for entry in entries:
