@@ -11,7 +11,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,3 +196,18 @@ async def server(
 ) -> AsyncIterator[Server]:
     async with run_server(tmp_path, database_url, backend) as srv:
         yield srv
+
+
+async def poll(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition"
+) -> Any:
+    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        last = await check()
+        if last:
+            return last
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
+        await asyncio.sleep(0.05)

@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from pycrdt import Doc, Map, Text, write_var_uint
 import web.app
 from crdt_sync import ydoc
 from protocol import yprotocol as yp
-from tests.conftest import Server
+from tests.conftest import Server, poll
 from tests.interop_client import close_all
 from tests.rooms_support import client, need_node
 from tests.sync_client import Device
@@ -37,21 +36,6 @@ TEXT = {"t": "text"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-async def poll(
-    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition"
-) -> Any:
-    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        last = await check()
-        if last:
-            return last
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
-        await asyncio.sleep(0.05)
 
 
 def b64url(data: bytes) -> str:

@@ -19,7 +19,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from crdt_sync import ydoc
-from tests.conftest import Server
+from tests.conftest import Server, poll
 from tests.interop_client import YjsClient, close_all
 from tests.rooms_support import client, need_node
 from tests.sync_client import Device
@@ -31,21 +31,6 @@ TEXT = {"t": "text"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-async def poll(
-    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition"
-) -> Any:
-    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        last = await check()
-        if last:
-            return last
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
-        await asyncio.sleep(0.05)
 
 
 class Admin:

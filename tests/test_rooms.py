@@ -13,7 +13,7 @@ import json
 import random
 import socket
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,7 +32,7 @@ from wsproto.events import (
 )
 
 from protocol import yprotocol as yp
-from tests.conftest import Server, run_server
+from tests.conftest import Server, poll, run_server
 from tests.interop_client import INTEROP_DIR, YjsClient, close_all
 from tests.rooms_support import client, need_node, rooms_url
 from web.auth import mint_token
@@ -45,22 +45,6 @@ MAP = {"m": "map"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-async def poll(
-    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition"
-) -> Any:
-    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
-        await asyncio.sleep(0.05)
 
 
 async def text_of(c: YjsClient, root: str = "t") -> str:

@@ -15,7 +15,7 @@ import random
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from storage.engine import open_store
-from tests.conftest import Server, free_port
+from tests.conftest import Server, free_port, poll
 from tests.interop_client import YjsClient, close_all
 from tests.rooms_support import client, need_node
 from web.auth import mint_token
@@ -35,20 +35,6 @@ CLI = str(Path(sys.executable).with_name("crdt-sync"))
 TENANT = "acme"
 ROOM = "doc-crash"
 TEXT = {"t": "text"}
-
-
-async def poll(
-    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = "condition"
-) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        last = await check()
-        if last:
-            return last
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
-        await asyncio.sleep(0.05)
 
 
 class ServeProcess:
