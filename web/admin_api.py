@@ -15,6 +15,7 @@ from crdt_sync.services import entity_to_json
 from protocol import wire
 from web.auth import Principal
 from web.runtime import authenticate, request_body, require_bound_device, runtime
+from web.runtime import revoke_device as revoke
 
 bp = Blueprint("admin_v1", __name__, url_prefix="/admin/v1")
 bp.before_request(require_bound_device)  # a revoked device's token keeps no admin access
@@ -190,9 +191,5 @@ async def list_devices() -> Response:
 @bp.delete("/devices/<path:device_id>")
 async def revoke_device(device_id: str) -> tuple[str, int]:
     principal = admin()
-    rt = runtime()
-    await rt.service.revoke_device(principal.tenant_id, device_id, None)
-    hook = rt.extras.get("on_revoke")
-    if hook is not None:
-        await hook(principal.tenant_id, device_id)
+    await revoke(principal.tenant_id, device_id, None)
     return "", 204

@@ -41,13 +41,6 @@ def manager() -> RoomManager:
     return rooms
 
 
-def _doc_id(doc_id: str) -> str:
-    try:
-        return check_id(doc_id, "doc id")
-    except InvalidInput as exc:
-        raise InvalidInput(exc.message) from None
-
-
 def b64url_decode(text: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -165,7 +158,7 @@ async def _room_for_http(tenant_id: str, doc_id: str) -> Room:
 @rooms_bp.get("/docs/<path:doc_id>")
 async def get_doc(doc_id: str) -> Response:
     ctx, _ = await device_request(signed=False)
-    doc_id = _doc_id(doc_id)
+    doc_id = check_id(doc_id, "doc id")
     sv = request.args.get("sv")
     state_vector = None if sv is None else b64url_decode(sv)
     if state_vector is not None:
@@ -182,7 +175,7 @@ async def get_doc(doc_id: str) -> Response:
 @rooms_bp.post("/docs/<path:doc_id>")
 async def post_doc(doc_id: str) -> Response:
     ctx, body = await device_request(signed=True)
-    doc_id = _doc_id(doc_id)
+    doc_id = check_id(doc_id, "doc id")
     principal = principal_from(request.headers["Authorization"].split(" ", 1)[1])
     if not principal.has(*WRITERS):
         raise Forbidden("learners cannot write documents")
@@ -273,7 +266,3 @@ async def _submit_restore(room: Room, update: bytes) -> str:
     if not stored:  # pragma: no cover - restore updates come from our own Doc
         raise RuntimeError("the restore update was refused")
     return pre_id
-
-
-async def close_device_connections(tenant_id: str, device_id: str) -> None:
-    await manager().disconnect_device(tenant_id, device_id)

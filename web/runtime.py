@@ -149,3 +149,13 @@ def _verify_signature(secret: str, device_id: str, body: bytes, now: float) -> N
         except AuthError as exc:
             if exc.code != "bad_signature" or index == len(paths) - 1:
                 raise
+
+
+async def revoke_device(tenant_id: str, device_id: str, by_user: str | None) -> None:
+    """Revoke (by the owner, or an admin when `by_user` is None), then close the device's
+    open room connections."""
+    rt = runtime()
+    await rt.service.revoke_device(tenant_id, device_id, by_user)
+    hook = rt.extras.get("on_revoke")
+    if hook is not None:
+        await hook(tenant_id, device_id)

@@ -9,6 +9,7 @@ from crdt_sync.services import entity_to_json
 from protocol import wire
 from web.auth import mint_token
 from web.runtime import bound_principal, device_request, request_body, runtime
+from web.runtime import revoke_device as revoke
 
 bp = Blueprint("sync_v1", __name__, url_prefix="/sync/v1")
 
@@ -43,12 +44,8 @@ async def register_device() -> tuple[Response, int]:
 @bp.delete("/devices/<path:device_id>")
 async def revoke_device(device_id: str) -> tuple[str, int]:
     principal = await bound_principal()
-    rt = runtime()
     by_user = None if principal.has("admin") else principal.user_id
-    await rt.service.revoke_device(principal.tenant_id, device_id, by_user)
-    hook = rt.extras.get("on_revoke")
-    if hook is not None:
-        await hook(principal.tenant_id, device_id)
+    await revoke(principal.tenant_id, device_id, by_user)
     return "", 204
 
 
