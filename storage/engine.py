@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from storage.inline_sqlite import Engine, InlineEngine
 from storage.schema import migrate
 from storage.store import SqlStore
 
@@ -15,24 +17,32 @@ SQLITE_FILE = "crdt-sync.db"
 
 
 def sqlite_url(data_dir: str | Path) -> str:
-    return f"sqlite+aiosqlite:///{Path(data_dir).resolve() / SQLITE_FILE}"
+    return f"sqlite:///{Path(data_dir).resolve() / SQLITE_FILE}"
 
 
 def normalise_url(url: str) -> str:
-    """Accept plain `postgresql://` and `sqlite:///` URLs and pick the async drivers."""
+    """Accept plain `postgresql://` URLs and pick asyncpg; SQLite URLs (with or without a
+    driver) all mean the file, run inline (storage/inline_sqlite.py)."""
     if url.startswith(("postgres://", "postgresql://")):
         return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    for prefix in ("sqlite+aiosqlite://", "sqlite+pysqlite://"):
+        if url.startswith(prefix):
+            return "sqlite://" + url[len(prefix) :]
     return url
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=8, max_overflow=0)
+        # No overflow cap: a checkout must never block the event loop waiting for a connection.
+        sync_engine = sa_create_engine(
+            url,
+            pool_size=8,
+            max_overflow=-1,
+            connect_args={"check_same_thread": False},
+        )
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -42,7 +52,7 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        return engine
+        return InlineEngine(sync_engine)
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 

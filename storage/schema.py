@@ -19,7 +19,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.inline_sqlite import Conn
 
 SCHEMA_VERSION = 1
 ID = String(200)
@@ -145,7 +146,7 @@ doc_checkpoints = Table(
 )
 
 
-async def migrate(conn: AsyncConnection) -> None:
+async def migrate(conn: Conn) -> None:
     """Create missing tables and record the schema version. Later versions add steps here,
     each guarded by the stored version."""
     await conn.run_sync(metadata.create_all)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crdt_sync.model import (
     ConflictRecord,
@@ -23,6 +24,7 @@ from crdt_sync.model import (
 )
 from crdt_sync.ports import DeviceHealth, DocUpdate, Snapshot
 from storage import codec
+from storage.inline_sqlite import Conn, Engine
 from storage.schema import (
     conflicts,
     devices,
@@ -42,11 +44,63 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The write path's statements, built once per dialect with bound parameters.
+
+    SQLAlchemy memoises a statement object's cache key and compiled form; building the same
+    statement afresh for every transaction redid that work each time (about half the CPU of
+    a small write transaction on SQLite)."""
+
+    lock_insert: Any
+    lock_select: Any
+    seq_update: Any
+    entity_one: Any
+    entity_upsert: Any
+    results_select: Any
+    results_insert: Any
+    doc_insert: Any
+
+
+@functools.cache
+def _statements(dialect_name: str) -> _Statements:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    lock_insert = dialect.insert(tenant_seq).values(
+        tenant_id=bindparam("b_tenant"), seq=0, horizon=0
+    )
+    upsert = dialect.insert(entities)
+    entity_keys = ("tenant_id", "entity_type", "entity_id", "owner")
+    return _Statements(
+        lock_insert=lock_insert.on_conflict_do_nothing(),
+        lock_select=select(tenant_seq.c.seq)
+        .where(tenant_seq.c.tenant_id == bindparam("b_tenant"))
+        .with_for_update(),
+        seq_update=update(tenant_seq)
+        .where(tenant_seq.c.tenant_id == bindparam("b_tenant"))
+        .values(seq=bindparam("b_seq")),
+        entity_one=select(entities).where(
+            *(entities.c[k] == bindparam(f"b_{k}") for k in entity_keys)
+        ),
+        entity_upsert=upsert.on_conflict_do_update(
+            index_elements=list(entity_keys),
+            set_={c.name: upsert.excluded[c.name] for c in entities.c if c.name not in entity_keys},
+        ),
+        results_select=select(mutation_results.c.mutation_id, mutation_results.c.result).where(
+            mutation_results.c.tenant_id == bindparam("b_tenant"),
+            mutation_results.c.device_id == bindparam("b_device"),
+            mutation_results.c.mutation_id.in_(bindparam("b_ids", expanding=True)),
+        ),
+        results_insert=mutation_results.insert(),
+        doc_insert=doc_updates.insert().returning(doc_updates.c.id),
+    )
+
+
 class SqlWriteTx:
     """A write transaction holding its tenant's log lock (see `SqlStore.write`)."""
 
-    def __init__(self, conn: AsyncConnection, tenant_id: str, seq: int, now: datetime) -> None:
+    def __init__(self, conn: Conn, tenant_id: str, seq: int, now: datetime) -> None:
         self._conn = conn
+        self._sql = _statements(conn.dialect.name)
         self._tenant = tenant_id
         self._seq = seq
         self._now = now
@@ -56,6 +110,17 @@ class SqlWriteTx:
     async def get_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]:
         found = {k: self._pending[k] for k in keys if k in self._pending}
         wanted = [k for k in dict.fromkeys(keys) if k not in found]
+        if len(wanted) == 1:  # a document's change-log entry, a single mutation
+            key = wanted[0]
+            params = {
+                "b_tenant_id": self._tenant,
+                "b_entity_type": key.entity_type,
+                "b_entity_id": key.entity_id,
+                "b_owner": key.owner,
+            }
+            for row in await self._conn.execute(self._sql.entity_one, params):
+                found[key] = codec.entity_from_row(row)
+            return found
         for part in _chunks(wanted):
             stmt = select(entities).where(
                 entities.c.tenant_id == self._tenant,
@@ -90,12 +155,8 @@ class SqlWriteTx:
     ) -> dict[str, MutationResult]:
         out: dict[str, MutationResult] = {}
         for part in _chunks(list(dict.fromkeys(mutation_ids))):
-            stmt = select(mutation_results.c.mutation_id, mutation_results.c.result).where(
-                mutation_results.c.tenant_id == self._tenant,
-                mutation_results.c.device_id == device_id,
-                mutation_results.c.mutation_id.in_(part),
-            )
-            for row in await self._conn.execute(stmt):
+            params = {"b_tenant": self._tenant, "b_device": device_id, "b_ids": list(part)}
+            for row in await self._conn.execute(self._sql.results_select, params):
                 out[row.mutation_id] = MutationResult.from_json(json.loads(row.result))
         return out
 
@@ -132,29 +193,26 @@ class SqlWriteTx:
             return 0
         rows = [{"tenant_id": self._tenant, "doc_id": doc_id, "data": data} for data in updates]
         # One statement per chunk (SQLAlchemy's insertmanyvalues), not a round trip per update.
-        stmt = doc_updates.insert().returning(doc_updates.c.id)
+        stmt = self._sql.doc_insert
         ids = [row.id for part in _chunks(rows) for row in await self._conn.execute(stmt, part)]
         return int(max(ids))
 
     async def flush(self) -> None:
         if self._pending:
             rows = [codec.entity_row(s, self._now) for s in self._pending.values()]
-            stmt = _upsert(
-                self._conn, entities, ["tenant_id", "entity_type", "entity_id", "owner"], rows[0]
-            )
             for part in _chunks(rows, 500):
-                await self._conn.execute(stmt, list(part))
+                await self._conn.execute(self._sql.entity_upsert, list(part))
             self._pending.clear()
         if self._results:
             for part in _chunks(self._results, 500):
-                await self._conn.execute(mutation_results.insert(), list(part))
+                await self._conn.execute(self._sql.results_insert, list(part))
             self._results.clear()
         await self._conn.execute(
-            update(tenant_seq).where(tenant_seq.c.tenant_id == self._tenant).values(seq=self._seq)
+            self._sql.seq_update, {"b_tenant": self._tenant, "b_seq": self._seq}
         )
 
 
-def _upsert(conn: AsyncConnection, table: Any, keys: list[str], sample: dict[str, Any]) -> Any:
+def _upsert(conn: Conn, table: Any, keys: list[str], sample: dict[str, Any]) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table)
     changes = {c: stmt.excluded[c] for c in sample if c not in keys}
@@ -162,7 +220,7 @@ def _upsert(conn: AsyncConnection, table: Any, keys: list[str], sample: dict[str
 
 
 class SqlStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         # SQLite has one writer at a time; queue writers here rather than on its busy lock.
@@ -173,24 +231,30 @@ class SqlStore:
         """A write transaction for one tenant. It locks the tenant's log-head row first:
         positions are handed out under that lock and published by the commit that releases
         it, so a reader never sees seq N+1 committed before seq N."""
+        async with self._writing() as conn:
+            seq = await self._lock_tenant(conn, tenant_id)
+            tx = SqlWriteTx(conn, tenant_id, seq, now)
+            yield tx
+            await tx.flush()
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[Conn]:
+        """Every write transaction. On SQLite one at a time in this process, queued here: the
+        statements run inline (storage/inline_sqlite.py), so waiting on SQLite's own lock would
+        stall the event loop."""
         if self._sqlite_lock is not None:
             await self._sqlite_lock.acquire()
         try:
             async with self.engine.begin() as conn:
-                seq = await self._lock_tenant(conn, tenant_id)
-                tx = SqlWriteTx(conn, tenant_id, seq, now)
-                yield tx
-                await tx.flush()
+                yield conn
         finally:
             if self._sqlite_lock is not None:
                 self._sqlite_lock.release()
 
-    async def _lock_tenant(self, conn: AsyncConnection, tenant_id: str) -> int:
-        row = {"tenant_id": tenant_id, "seq": 0, "horizon": 0}
-        dialect = postgresql if self.dialect == "postgresql" else sqlite
-        await conn.execute(dialect.insert(tenant_seq).values(row).on_conflict_do_nothing())
-        stmt = select(tenant_seq.c.seq).where(tenant_seq.c.tenant_id == tenant_id)
-        result = await conn.execute(stmt.with_for_update())
+    async def _lock_tenant(self, conn: Conn, tenant_id: str) -> int:
+        sql = _statements(self.dialect)
+        await conn.execute(sql.lock_insert, {"b_tenant": tenant_id})
+        result = await conn.execute(sql.lock_select, {"b_tenant": tenant_id})
         return int(result.scalar_one())
 
     # -- change log ---------------------------------------------------------------------
@@ -266,7 +330,7 @@ class SqlStore:
             "last_ack_seq": 0,
             "full_resyncs": 0,
         }
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             dialect = postgresql if self.dialect == "postgresql" else sqlite
             stmt = dialect.insert(devices).values(row)
             keep = ("user_id", "name", "platform", "generation", "revoked")
@@ -282,7 +346,7 @@ class SqlStore:
             return [codec.device_from_row(row) for row in await conn.execute(stmt)]
 
     async def _update_device(self, tenant_id: str, device_id: str, **values: Any) -> None:
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(
                 update(devices)
                 .where(devices.c.tenant_id == tenant_id, devices.c.device_id == device_id)
@@ -352,7 +416,7 @@ class SqlStore:
         """Delete snapshots past `expires_at` (never before), and tombstones and idempotency
         records older than the retention; raise each tenant's horizon past pruned tombstones."""
         cutoff = codec.to_ts(now) - tombstone_retention_s
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             expired = await conn.execute(
                 delete(snapshots).where(snapshots.c.expires_at <= codec.to_ts(now))
             )
