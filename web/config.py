@@ -46,6 +46,10 @@ class Config:
     # when it next wakes, so the interval bounds how long a closed socket lingers.
     ws_ping_interval_s: float = 10.0
     ws_max_message_bytes: int = 8 * 1024 * 1024
+    # permessage-deflate on room sockets: off, as Hocuspocus and y-websocket's server ship.
+    # Yjs updates are small and binary; compressing each one per client costs ~4x the CPU of a
+    # delivery and ~100 KiB of zlib state per connection (docs/benchmarks.md).
+    ws_compression: bool = False
     graceful_timeout_s: float = 10.0
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig.load(None))
 
@@ -101,6 +105,10 @@ def build_config(
     types_file = _env("CRDT_SYNC_ENTITY_TYPES")
     if types_file:
         cfg.entity_types = json.loads(Path(types_file).read_text())
+    compression = (_env("CRDT_SYNC_WS_COMPRESSION") or "off").lower()
+    if compression not in ("on", "off"):
+        raise ValueError("CRDT_SYNC_WS_COMPRESSION must be on or off")
+    cfg.ws_compression = compression == "on"
     return cfg
 
 

@@ -8,12 +8,28 @@ from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HyperConfig
+from hypercorn.protocol import ws_stream
 from quart import Quart
+from wsproto.extensions import PerMessageDeflate
 
 from web.config import Config
 
 
+class _DeclinedDeflate(PerMessageDeflate):
+    """permessage-deflate that answers every offer with "no" (RFC 7692 lets a server decline)."""
+
+    def accept(self, offer: str) -> None:
+        return None
+
+
+def set_ws_compression(enabled: bool) -> None:
+    """Hypercorn 0.18 accepts permessage-deflate whenever a client offers it and has no setting
+    for it; its handshake builds the extension from this module global, so swap the class."""
+    ws_stream.PerMessageDeflate = PerMessageDeflate if enabled else _DeclinedDeflate  # type: ignore[attr-defined,misc]
+
+
 def hypercorn_config(config: Config) -> HyperConfig:
+    set_ws_compression(config.ws_compression)
     hc = HyperConfig()
     hc.bind = [f"{config.host}:{config.port}"]
     hc.graceful_timeout = config.graceful_timeout_s  # finish requests before rooms flush
