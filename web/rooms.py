@@ -7,7 +7,8 @@ Theory of operation
 - Every accepted update goes through the room's single flusher, which takes everything queued
   (group commit), applies it to the doc, writes the updates, any pre-merge snapshot and the
   doc's `ydoc` change-log entry in ONE transaction, and only then forwards the updates to the
-  other clients. Whatever a client has received is therefore stored.
+  other clients, all of them merged into one message per flush. Whatever a client has
+  received is therefore stored.
 - Sync step 2 answers are built under the same lock, so they never contain an update that is
   applied but not yet stored.
 - A *merge* (design.md §4) is a connection whose sync step 1 state vector both lacks
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from pycrdt import Doc
+from pycrdt import Doc, merge_updates
 
 from crdt_sync import ydoc
 from crdt_sync.model import EntityKey, EntityState
@@ -330,12 +331,26 @@ class Room:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 return
+            self._broadcast_batch(accepted)
             for item in accepted:
                 metrics.doc_updates.labels(item.source).inc()
-                self.broadcast(yp.sync_update(item.update), exclude=item.origin)
                 _resolve(item.done, True)
         if self.tail_updates >= self.manager.settings.compact_every and self._compacting is None:
             self._compacting = asyncio.create_task(self._compact())
+
+    def _broadcast_batch(self, accepted: list[_Pending]) -> None:
+        """Forward what one flush stored as ONE update message to every client.
+
+        The cost of a room is messages x clients (every message is a frame, a socket write
+        and a client-side transaction per receiver), so a flush that stored k updates sends one
+        merged update instead of k. Batches grow exactly when the room is busy (more arrives
+        while a flush is being stored), which keeps the cost per tick, not per keystroke.
+        An origin receives its own update back only inside a merge with others' (Yjs
+        ignores what it already has), never alone."""
+        updates = [item.update for item in accepted]
+        origins = {item.origin for item in accepted}
+        update = updates[0] if len(updates) == 1 else merge_updates(*updates)
+        self.broadcast(yp.sync_update(update), exclude=origins.pop() if len(origins) == 1 else None)
 
     async def _rebuilt(self, unstored: list[bytes]) -> Doc[Any]:
         """A fresh Doc of what is stored plus `unstored` (under the lock)."""
