@@ -273,7 +273,7 @@ class Room:
                 want_archive = item.archive_reason or (
                     "merge" if origin is not None and origin.pending_merge else None
                 )
-                before_state = self.doc.get_state()
+                before_state = self.doc.get_state() if want_archive else b""
                 before_full = self.doc.get_update() if want_archive else b""
                 parsed = False
                 try:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from quart import Blueprint, Response, abort, jsonify, request, websocket
@@ -90,6 +91,22 @@ def _refused(status: int) -> NoReturn:
     abort(status)
 
 
+def _direct_send(ws: Any) -> Callable[[bytes], Awaitable[None]]:
+    """Quart's `websocket.send` yields to the loop (`sleep(0)`), re-checks the accept and
+    fires a signal on every message; a room sends one message per client per flush, so that
+    is a loop iteration per delivery. After `accept()`, the ASGI send itself is all we need
+    (Quart keeps it as the first argument of its `_send` partial); Quart's path otherwise."""
+    quart_send = getattr(ws, "_send", None)
+    asgi_send = getattr(quart_send, "args", (None,))[0] if quart_send is not None else None
+    if not callable(asgi_send):
+        return ws.send  # type: ignore[no-any-return]
+
+    async def send(data: bytes) -> None:
+        await asgi_send({"type": "websocket.send", "bytes": data, "text": None})
+
+    return send
+
+
 @rooms_bp.websocket("/rooms/<path:doc_id>")
 async def room_socket(doc_id: str) -> None:
     principal = await _room_principal()
@@ -112,7 +129,7 @@ async def room_socket(doc_id: str) -> None:
                 handler.cancel()
 
     peer = Peer(
-        ws.send,
+        _direct_send(ws),
         close,
         writable=principal.has(*WRITERS),
         device_id=principal.device_id,
