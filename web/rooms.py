@@ -19,8 +19,8 @@ Theory of operation
 - Each client has a bounded send queue; a client that falls behind is disconnected (it
   resyncs on reconnect) rather than letting memory grow.
 - A room with no clients unloads after a grace period, once its updates are stored;
-  compaction into a checkpoint runs in the background through a `Doc`, never
-  `merge_updates`.
+  compaction into a checkpoint runs in the background through a `Doc` (never
+  `merge_updates`) in a worker process, at most once per `compact_min_interval_s` per room.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ import asyncio
 import base64
 import contextlib
 import logging
+import multiprocessing
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -60,13 +63,36 @@ class RoomSettings:
     send_queue: int = 2048  # messages queued for one client
     send_queue_bytes: int = 32 * 1024 * 1024  # and their bytes: whichever fills first
     unload_after_s: float = 30.0
+    flush_interval_s: float = 0.005  # at most one group commit (and broadcast) this often
     compact_every: int = 500  # updates in the log tail before a checkpoint is written
+    # and at most one automatic compaction per room this often: each one re-encodes the whole
+    # document, so a busy room would otherwise spend its CPU re-compacting every few seconds
+    compact_min_interval_s: float = 10.0
     archive_retention_s: float = 30 * 86400.0
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
     if not future.done():
         future.set_result(value)
+
+
+_compactor: ProcessPoolExecutor | None = None
+
+
+async def run_compaction(updates: list[bytes], checkpoint: bytes | None) -> bytes:
+    """`ydoc.compact` in a worker process. It is CPU-bound Python (it parses every update);
+    in a thread it would hold the GIL in 5 ms slices against the event loop, and every socket
+    write of a busy room (each releases and retakes the GIL) would wait for one: compaction
+    of a 50-editor room tripled its p95 propagation latency that way (docs/benchmarks.md)."""
+    global _compactor
+    if _compactor is None:
+        _compactor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(_compactor, ydoc.compact, updates, checkpoint)
+    except BrokenProcessPool:
+        _compactor = None  # the worker died (OOM?): a new one next time
+        raise
 
 
 class Peer:
@@ -171,6 +197,7 @@ class Room:
         self._flusher: asyncio.Task[None] | None = None
         self._unload: asyncio.TimerHandle | None = None
         self._compacting: asyncio.Task[None] | None = None
+        self._compacted_at = float("-inf")
         self.tail_updates = 0
         self.last_update_id = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -244,8 +271,18 @@ class Room:
         return item.done
 
     async def _flush_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.manager.settings.flush_interval_s
+        last = float("-inf")
         while True:
             await self._wake.wait()
+            # At most one flush per `flush_interval_s`: a lone keystroke goes out at once, a
+            # busy room gathers what arrives meanwhile into one transaction and one message
+            # per client instead of many small ones (each costs a commit and a send per peer).
+            wait = last + interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last = loop.time()
             self._wake.clear()
             batch, self._pending = self._pending, []
             if not batch:
@@ -335,7 +372,13 @@ class Room:
             for item in accepted:
                 metrics.doc_updates.labels(item.source).inc()
                 _resolve(item.done, True)
-        if self.tail_updates >= self.manager.settings.compact_every and self._compacting is None:
+        settings = self.manager.settings
+        if (
+            self.tail_updates >= settings.compact_every
+            and self._compacting is None
+            and asyncio.get_running_loop().time() - self._compacted_at
+            >= settings.compact_min_interval_s
+        ):
             self._compacting = asyncio.create_task(self._compact())
 
     def _broadcast_batch(self, accepted: list[_Pending]) -> None:
@@ -394,13 +437,12 @@ class Room:
 
     async def _compact(self) -> None:
         """Fold the stored tail into a new checkpoint, from the store's own rows (so nothing
-        in memory but not yet stored can slip in), through a Doc in a worker thread."""
+        in memory but not yet stored can slip in), through a Doc in a worker process."""
+        self._compacted_at = asyncio.get_running_loop().time()
         try:
             checkpoint, updates = await self.manager.store.load_doc(self.tenant_id, self.doc_id)
             if updates:
-                merged = await asyncio.to_thread(
-                    ydoc.compact, [u.update for u in updates], checkpoint
-                )
+                merged = await run_compaction([u.update for u in updates], checkpoint)
                 await self.manager.store.compact_doc(
                     self.tenant_id, self.doc_id, merged, updates[-1].id, self.manager.clock.now()
                 )
