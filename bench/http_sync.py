@@ -1,14 +1,19 @@
-"""Load generator for the /sync/v1 HTTP endpoints (push, pull, ack) of a real crdt-sync server.
+"""Load generator for the /sync/v1 HTTP endpoints (push, pull, ack) of a real crdt-sync server,
+side by side with pouchdb-server (in memory) doing CouchDB's nearest equivalents.
 
-    python -m bench.http_sync                       # sqlite + postgresql, 1/10/50 devices, 10 s
-    python -m bench.http_sync --smoke               # seconds: sqlite, 1 and 2 devices, 1 s
-    python -m bench.http_sync --backends sqlite --concurrency 1,10 --duration 5 --write-docs
+    python -m bench.http_sync                       # crdt-sync (sqlite) vs pouchdb, 1/20 devices
+    python -m bench.http_sync --smoke               # seconds: sqlite (+ pouchdb), 1/2 devices
+    python -m bench.http_sync --targets crdt-sync   # crdt-sync alone: sqlite + postgresql, 1/10/50
+    python -m bench.http_sync --backends sqlite,postgresql --concurrency 1,10 --write-docs
+    python -m bench.http_sync --render --write-docs # redo the report/docs from the JSON
 
 It starts `crdt-sync serve` itself (SQLite in a temporary data dir, or a fresh PostgreSQL
-database that it drops afterwards), drives it from client worker processes (see
-`bench.sync_devices`), prints a Markdown table, writes JSON (`bench/results/http_sync.json`
-or `--out`) and, with `--write-docs`, the http_sync section of `docs/benchmarks.md`.
-Exit status 1 when a server could not be started or a workload could not be set up.
+database that it drops afterwards) and pouchdb-server (bench/pouch.py; `npm ci` in
+bench/peers), drives them from client worker processes (see `bench.sync_devices` and
+`bench.pouch_devices`), prints Markdown tables (the targets side by side), writes JSON
+(`bench/results/http_sync.json` or `--out`) and, with `--write-docs`, the http_sync section of
+`docs/benchmarks.md`. Where node or the pouchdb packages are missing, pouchdb is skipped with
+a note. Exit status 1 when a server could not be started or a workload could not be set up.
 """
 
 from __future__ import annotations
@@ -29,18 +34,20 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
-from bench import report, server_process
+from bench import pouch, pouch_devices, report, server_process
+from bench.pouch import PouchError, PouchProcess
 from bench.server_process import ServerError, ServerProcess
-from bench.sync_devices import WORKLOADS, DeviceSpec, Settings, worker_main
+from bench.sync_devices import TARGETS, WORKLOADS, DeviceSpec, Settings, SetupError, worker_main
 
 BACKENDS = ("sqlite", "postgresql")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "http_sync.json"
 DEFAULT_DOCS = report.REPO / "docs" / "benchmarks.md"
 FULL = {
+    "targets": "crdt-sync,pouchdb",
     "backends": "sqlite,postgresql",
     "concurrency": "1,10,50",
     "duration": 10.0,
@@ -49,7 +56,10 @@ FULL = {
     "pull_size": 500,
     "workloads": "push,pull,ack",
 }
+# With pouchdb among the targets (the default) the run is the peer comparison: these win.
+COMPARE = {"backends": "sqlite", "concurrency": "1,20"}
 SMOKE = {
+    "targets": "crdt-sync,pouchdb",
     "backends": "sqlite",
     "concurrency": "1,2",
     "duration": 1.0,
@@ -64,6 +74,7 @@ DEVICES_PER_WORKER = 25  # one Python client process saturates well before 50 bu
 
 @dataclass(frozen=True)
 class Config:
+    targets: list[str]
     backends: list[str]
     concurrency: list[int]
     workloads: list[str]
@@ -76,6 +87,8 @@ class Config:
     write_docs: bool
     docs_path: Path
     command: str
+    render_only: bool = False
+    pouchdb_mode: str = "full"
 
 
 def _csv(value: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -91,8 +104,22 @@ def parse_args(argv: list[str]) -> Config:
     p = argparse.ArgumentParser(
         prog="python -m bench.http_sync", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--backends", help="comma list of sqlite,postgresql")
-    p.add_argument("--concurrency", help="comma list of device counts (default 1,10,50)")
+    p.add_argument(
+        "--targets",
+        help="comma list of crdt-sync,pouchdb (default both: the peer comparison, where "
+        "--backends defaults to sqlite and --concurrency to 1,20)",
+    )
+    p.add_argument("--backends", help="crdt-sync's: comma list of sqlite,postgresql")
+    p.add_argument(
+        "--pouchdb-mode",
+        choices=("full", "minimum"),
+        default="full",
+        help="express-pouchdb's parts: full (fullCouchDB, what the pouchdb-server CLI serves; "
+        "default) or minimum (minimumForPouchDB: no auth/security/validation layers)",
+    )
+    p.add_argument(
+        "--concurrency", help="comma list of device counts (default 1,20; crdt-sync alone 1,10,50)"
+    )
     p.add_argument("--duration", type=float, help="measured seconds per cell (default 10)")
     p.add_argument("--warmup", type=float, help="warm-up seconds before each cell (default 2)")
     p.add_argument(
@@ -101,12 +128,24 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--batch", type=int, help="mutations per push (default 100)")
     p.add_argument("--pull-size", type=int, help="changes per measured pull (default 500)")
     p.add_argument("--workers", type=int, help="client processes (default: 1 per 25 devices)")
-    p.add_argument("--smoke", action="store_true", help="tiny run: sqlite, 1 and 2 devices, 1 s")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny run: sqlite (+ pouchdb), 1 and 2 devices, 1 s"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
     p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     p.add_argument("--docs-path", type=Path, default=DEFAULT_DOCS, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: print (and with --write-docs write) the report of the JSON at --out",
+    )
     a = p.parse_args(argv)
-    preset: dict[str, Any] = SMOKE if a.smoke else FULL
+    preset: dict[str, Any] = dict(SMOKE if a.smoke else FULL)
+    targets = _csv(a.targets or preset["targets"], TARGETS)
+    if not targets:
+        raise SystemExit("--targets needs at least one of " + ", ".join(TARGETS))
+    if "pouchdb" in targets and not a.smoke:
+        preset.update(COMPARE)
 
     def pick(name: str) -> Any:
         value = getattr(a, name)
@@ -122,6 +161,7 @@ def parse_args(argv: list[str]) -> Config:
         raise SystemExit("--duration must be > 0 and --warmup >= 0")
     workers = pick("workers") or max(1, math.ceil(concurrency[-1] / DEVICES_PER_WORKER))
     return Config(
+        targets=targets,
         backends=_csv(pick("backends"), BACKENDS),
         concurrency=concurrency,
         workloads=_csv(pick("workloads"), WORKLOADS),
@@ -134,7 +174,15 @@ def parse_args(argv: list[str]) -> Config:
         write_docs=a.write_docs,
         docs_path=a.docs_path,
         command=shlex.join(["python", "-m", "bench.http_sync", *argv]),
+        render_only=a.render,
+        pouchdb_mode=a.pouchdb_mode,
     )
+
+
+class Measured(Protocol):
+    """A server under test, as the cells measure it (ServerProcess, PouchProcess)."""
+
+    def cpu_seconds(self) -> float: ...
 
 
 class WorkerError(Exception):
@@ -172,14 +220,16 @@ class WorkerPool:
             raise WorkerError("; ".join(sorted(set(map(str, errors)))))
         return answers
 
-    def setup(self, workload: str, specs: list[DeviceSpec], timeout: float = 900.0) -> None:
+    def setup(
+        self, workload: str, specs: list[DeviceSpec], extra: Any = None, timeout: float = 900.0
+    ) -> None:
         n = len(self.conns)
         for i, conn in enumerate(self.conns):
-            conn.send(("setup", workload, [s for s in specs if s.index % n == i]))
+            conn.send(("setup", workload, [s for s in specs if s.index % n == i], extra))
         self._gather(timeout)
 
     def run(
-        self, workload: str, active: int, warmup: float, duration: float, server: ServerProcess
+        self, workload: str, active: int, warmup: float, duration: float, server: Measured
     ) -> tuple[list[dict[str, Any]], float, float]:
         """One cell; returns (worker stats, server CPU s, machine busy %) over the window."""
         start_at = time.time() + 0.3
@@ -211,14 +261,15 @@ def user_token(secret: str, tenant: str, user: str) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def device_specs(secret: str, tenant: str, workload: str, count: int) -> list[DeviceSpec]:
+def device_specs(secret: str | None, tenant: str, workload: str, count: int) -> list[DeviceSpec]:
+    """`count` devices, each its own user of `tenant`; no user token without a secret."""
     return [
         DeviceSpec(
             index=k,
             tenant=tenant,
             user_id=f"{workload}-user-{k}",
             device_id=f"{workload}-dev-{k}",
-            user_token=user_token(secret, tenant, f"{workload}-user-{k}"),
+            user_token=user_token(secret, tenant, f"{workload}-user-{k}") if secret else "",
         )
         for k in range(count)
     ]
@@ -236,32 +287,53 @@ class Outcome:
     servers: list[dict[str, Any]]
     pg_version: str | None = None
     loadavg_at_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    peer_versions: dict[str, str | None] | None = None
 
 
-def run_workloads(cfg: Config, backend: str, server: ServerProcess, out: Outcome) -> None:
-    settings = Settings(base_url=server.base_url, batch=cfg.batch, pull_size=cfg.pull_size)
+POUCH_BACKEND = "memory"  # pouchdb-server's storage in these runs (the memory adapter)
+
+
+def run_workloads(
+    cfg: Config, target: str, backend: str, server: ServerProcess | PouchProcess, out: Outcome
+) -> None:
+    settings = Settings(
+        base_url=server.base_url, batch=cfg.batch, pull_size=cfg.pull_size, target=target
+    )
+    secret = server.jwt_secret if isinstance(server, ServerProcess) else None
     pool = WorkerPool(cfg.workers, settings)
     tenant = f"bench-{secrets.token_hex(4)}"
+    name = f"{target} {backend}"
     try:
         for workload in cfg.workloads:
-            specs = device_specs(server.jwt_secret, tenant, workload, cfg.concurrency[-1])
+            where = {"target": target, "backend": backend, "endpoint": workload}
+            if target == "pouchdb" and not pouch_devices.supports(workload):
+                reason = f"pouchdb has no equivalent of {workload}"
+                out.skipped.append(where | {"reason": reason})
+                _log(f"{name} {workload}: skipped ({reason})")
+                continue
+            specs = device_specs(secret, tenant, workload, cfg.concurrency[-1])
             t0 = time.monotonic()
             try:
-                pool.setup(workload, specs)
-            except WorkerError as exc:
-                out.failures.append({"backend": backend, "endpoint": workload, "error": str(exc)})
-                _log(f"{backend} {workload}: setup FAILED: {exc}")
+                extra = None
+                if target == "pouchdb":
+                    extra = pouch_devices.prepare(
+                        server.base_url, workload, cfg.concurrency[-1], settings
+                    )
+                pool.setup(workload, specs, extra)
+            except (WorkerError, SetupError) as exc:
+                out.failures.append(where | {"error": str(exc)})
+                _log(f"{name} {workload}: setup FAILED: {exc}")
                 continue
             took = time.monotonic() - t0
-            _log(f"{backend} {workload}: {len(specs)} devices set up in {took:.1f} s")
+            _log(f"{name} {workload}: {len(specs)} devices set up in {took:.1f} s")
             for n in cfg.concurrency:
                 stats, server_cpu, busy = pool.run(workload, n, cfg.warmup, cfg.duration, server)
                 row = report.summarize_cell(
-                    backend, workload, n, stats, cfg.duration, server_cpu, busy
+                    backend, workload, n, stats, cfg.duration, server_cpu, busy, target=target
                 )
                 out.rows.append(row)
                 _log(
-                    f"{backend} {workload} x{n}: {row['rps']} req/s, p50 {row['p50_ms']} ms, "
+                    f"{name} {workload} x{n}: {row['rps']} req/s, p50 {row['p50_ms']} ms, "
                     f"p95 {row['p95_ms']} ms, errors {row['errors']} {row['error_codes'] or ''}"
                 )
     finally:
@@ -276,7 +348,7 @@ def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
         if out.pg_version is None:
             reason = f"PostgreSQL not reachable at {server_process.PG_ADMIN_DSN}"
             print(f"note: skipping postgresql: {reason}", flush=True)
-            out.skipped.append({"backend": backend, "reason": reason})
+            out.skipped.append({"target": "crdt-sync", "backend": backend, "reason": reason})
             return
         db_name, database_url = server_process.create_database()
     data_dir = Path(tempfile.mkdtemp(prefix=f"crdt-bench-{backend}-"))
@@ -286,13 +358,18 @@ def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
         _log(
             f"{backend}: server ready at {server.base_url} (pid {server.proc and server.proc.pid})"
         )
-        run_workloads(cfg, backend, server, out)
+        run_workloads(cfg, "crdt-sync", backend, server, out)
     except (ServerError, WorkerError) as exc:
-        out.failures.append({"backend": backend, "error": str(exc)})
+        out.failures.append({"target": "crdt-sync", "backend": backend, "error": str(exc)})
         _log(f"{backend}: FAILED: {exc}")
     finally:
         server.stop()
-        info = {"backend": backend, "exit_code": server.exit_code, "shutdown_s": server.shutdown_s}
+        info = {
+            "target": "crdt-sync",
+            "backend": backend,
+            "exit_code": server.exit_code,
+            "shutdown_s": server.shutdown_s,
+        }
         out.servers.append(info)
         if server.exit_code not in (0, None):
             _log(f"{backend}: server exited with {server.exit_code} after SIGTERM:")
@@ -300,6 +377,30 @@ def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
         if db_name:
             server_process.drop_database(db_name)
+
+
+def run_pouchdb(cfg: Config, out: Outcome) -> None:
+    where = {"target": "pouchdb", "backend": POUCH_BACKEND}
+    missing = pouch.pouch_missing()
+    if missing:
+        print(f"note: skipping pouchdb: {missing}", flush=True)
+        out.skipped.append(where | {"reason": missing})
+        return
+    out.peer_versions = pouch.versions()
+    peer = PouchProcess(mode=cfg.pouchdb_mode)
+    try:
+        peer.start()
+        _log(f"pouchdb: ready at {peer.base_url} (pid {peer.pid})")
+        run_workloads(cfg, "pouchdb", POUCH_BACKEND, peer, out)
+    except (PouchError, WorkerError) as exc:
+        out.failures.append(where | {"error": str(exc)})
+        _log(f"pouchdb: FAILED: {exc}")
+    finally:
+        peer.stop()
+        out.servers.append(where | {"exit_code": peer.exit_code, "shutdown_s": peer.shutdown_s})
+        if peer.exit_code not in (0, None):
+            _log(f"pouchdb: exited with {peer.exit_code} after SIGTERM:\n{peer.log_tail(20)}")
+        peer.cleanup()
 
 
 def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]:
@@ -311,8 +412,11 @@ def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]
             "commit": report.git_commit(),
             "machine": report.machine_info(),
             "postgresql_version": out.pg_version,
+            "peers": {"pouchdb": out.peer_versions} if out.peer_versions else {},
             "loadavg_at_start": out.loadavg_at_start,
             "params": {
+                "targets": cfg.targets,
+                "pouchdb_mode": cfg.pouchdb_mode,
                 "backends": cfg.backends,
                 "concurrency": cfg.concurrency,
                 "workloads": cfg.workloads,
@@ -331,25 +435,36 @@ def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    started = datetime.now(UTC)
-    out = Outcome(rows=[], skipped=[], failures=[], servers=[], loadavg_at_start=os.getloadavg())
-    try:
-        server_process.find_cli()
-    except ServerError as exc:
-        _log(f"error: {exc}")
-        return 1
-    for backend in cfg.backends:
-        run_backend(cfg, backend, out)
-    result = build_report(cfg, out, started)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(result, indent=2) + "\n")
+def render(cfg: Config, result: dict[str, Any]) -> None:
     print(report.markdown_tables(result))
-    print(f"\nJSON: {cfg.out}")
     if cfg.write_docs:
         report.update_docs(cfg.docs_path, report.docs_section(result))
         print(f"docs: {cfg.docs_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    if cfg.render_only:
+        result = json.loads(cfg.out.read_text())
+        render(cfg, result)
+        return 1 if result["failures"] else 0
+    started = datetime.now(UTC)
+    out = Outcome(rows=[], skipped=[], failures=[], servers=[], loadavg_at_start=os.getloadavg())
+    if "crdt-sync" in cfg.targets:
+        try:
+            server_process.find_cli()
+        except ServerError as exc:
+            _log(f"error: {exc}")
+            return 1
+        for backend in cfg.backends:
+            run_backend(cfg, backend, out)
+    if "pouchdb" in cfg.targets:
+        run_pouchdb(cfg, out)
+    result = build_report(cfg, out, started)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.write_text(json.dumps(result, indent=2) + "\n")
+    render(cfg, result)
+    print(f"\nJSON: {cfg.out}")
     return 1 if out.failures else 0
 
 

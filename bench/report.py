@@ -57,6 +57,33 @@ or anything else that ran), each in % of one core; machine = all cores busy, in 
 machine. Saturation = the highest req/s seen over the concurrency levels.
 """
 
+MODES = {
+    "full": "default full-CouchDB",  # what the pouchdb-server CLI serves
+    "minimum": "minimumForPouchDB (no auth, security, validation or log layers)",
+}
+PEER_MEASURED = """**The peer, side by side** (target `pouchdb`): pouchdb-server {pouchdb_server}
+(`bench/peers/pouchdb.mjs`: express-pouchdb in its {mode} mode over
+pouchdb-core {pouchdb_core} with the memory adapter, one Node {node} process, started by the
+benchmark), driven by the same client processes and closed loop, one keep-alive connection per
+device, with CouchDB's nearest equivalents:
+
+- **push** ↔ `POST /bench_push/_bulk_docs` with {batch} *new* documents, each the same JSON
+  object as a crdt-sync mutation with `_id` (a fresh UUID) in place of `mutation_id`.
+- **pull** ↔ `GET /bench_pull/_changes?limit={pull_size}&include_docs=true&since=S`. Before the
+  cell the database is filled with {pull_size} documents per device (most devices of the run),
+  in bulks of {batch}; device k starts at page k and pages through the feed, wrapping around,
+  so every pull returns {pull_size} changes with their documents.
+- **ack** ↔ the replication checkpoint `PUT /bench_ack/_local/<device>` with its previous
+  `_rev` (what PouchDB replication writes to record how far it got).
+
+Not like for like, on purpose: pouchdb-server keeps everything in memory and runs without users
+(no authentication; no per-request log either, crdt-sync writes none), while every crdt-sync
+request verifies a JWT and an HMAC signature, applies the per-type merge policy to each
+mutation and commits durably to its database (SQLite: WAL, `synchronous=FULL`; or PostgreSQL).
+Server CPU of a pouchdb row is the Node process's. Ratio = crdt-sync req/s / pouchdb req/s
+with the same number of devices.
+"""
+
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default)."""
@@ -80,6 +107,7 @@ def summarize_cell(
     duration: float,
     server_cpu_s: float,
     machine_busy_pct: float,
+    target: str = "crdt-sync",
 ) -> dict[str, Any]:
     """Merge the workers' samples of one cell into one result row."""
     latencies = sorted(x for w in worker_stats for x in w["latencies_ms"])
@@ -95,6 +123,7 @@ def summarize_cell(
     server_pct = 100.0 * server_cpu_s / duration
     cpu_pcts = [100.0 * w["cpu_s"] / w["window_s"] for w in active]
     return {
+        "target": target,
         "backend": backend,
         "endpoint": workload,
         "concurrency": concurrency,
@@ -119,14 +148,19 @@ def summarize_cell(
     }
 
 
+def _target(row: dict[str, Any]) -> str:
+    return str(row.get("target", "crdt-sync"))  # results written before there were peers
+
+
 def saturation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    best: dict[tuple[str, str], dict[str, Any]] = {}
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
-        key = (row["backend"], row["endpoint"])
+        key = (_target(row), row["backend"], row["endpoint"])
         if key not in best or row["rps"] > best[key]["rps"]:
             best[key] = row
     return [
         {
+            "target": t,
             "backend": b,
             "endpoint": e,
             "max_rps": row["rps"],
@@ -134,7 +168,7 @@ def saturation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "p95_ms": row["p95_ms"],
             "items_per_s": row["items_per_s"],
         }
-        for (b, e), row in best.items()
+        for (t, b, e), row in best.items()
     ]
 
 
@@ -153,15 +187,65 @@ def _errors_cell(row: dict[str, Any]) -> str:
     return f"{row['errors']} ({codes})"
 
 
+def _latencies_cell(row: dict[str, Any]) -> str:
+    return " / ".join(_cell(row[k]) for k in ("p50_ms", "p95_ms", "p99_ms"))
+
+
+def _ratio(ours: Any, peer: Any) -> str:
+    if not ours or not peer:
+        return "-"
+    return f"{ours / peer:.2f}"
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> list[str]:
+    """crdt-sync and pouchdb side by side per (endpoint, devices); empty without both."""
+    peers = {(r["endpoint"], r["concurrency"]): r for r in rows if _target(r) == "pouchdb"}
+    ours = [r for r in rows if _target(r) == "crdt-sync"]
+    if not peers or not ours:
+        return []
+    lines = [
+        "| endpoint | devices | crdt-sync (backend) req/s | p50 / p95 / p99 ms | server CPU % "
+        "| pouchdb req/s | p50 / p95 / p99 ms | server CPU % | req/s ratio crdt-sync/pouchdb "
+        "| errors crdt-sync / pouchdb | client CPU % max (crdt-sync / pouchdb) |",
+        "|" + "---|" * 11,
+    ]
+    for r in ours:
+        peer = peers.get((r["endpoint"], r["concurrency"]))
+        empty = {k: None for k in r}
+        q = peer or empty
+        cells = [
+            r["endpoint"],
+            r["concurrency"],
+            f"{_cell(r['rps'])} ({r['backend']})",
+            _latencies_cell(r),
+            r["server_cpu_pct"],
+            q["rps"],
+            _latencies_cell(q),
+            q["server_cpu_pct"],
+            _ratio(r["rps"], q["rps"]),
+            f"{r['errors']} / {_cell(q['errors'])}",
+            f"{_cell(r['client_cpu_pct_max'])} / {_cell(q['client_cpu_pct_max'])}",
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
 def markdown_tables(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    side_by_side = comparison_table(report["results"])
+    if side_by_side:
+        lines += ["Side by side (crdt-sync and pouchdb-server, same clients and devices):", ""]
+        lines += [*side_by_side, "", "Every cell:", ""]
     head = (
-        "| backend | endpoint | devices | requests | req/s | items/s | p50 ms | p95 ms | p99 ms "
-        "| errors | client CPU % (max/all) | server CPU % | other CPU % | machine CPU % |"
+        "| target | backend | endpoint | devices | requests | req/s | items/s | p50 ms | p95 ms "
+        "| p99 ms | errors | client CPU % (max/all) | server CPU % | other CPU % "
+        "| machine CPU % |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines += [head, "|" + "---|" * 15]
     for r in report["results"]:
         cpu = f"{_cell(r['client_cpu_pct_max'])} / {_cell(r['client_cpu_pct_total'])}"
         cells = [
+            _target(r),
             r["backend"],
             r["endpoint"],
             r["concurrency"],
@@ -179,10 +263,11 @@ def markdown_tables(report: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Saturation (highest req/s over the concurrency levels):", ""]
-    lines += ["| backend | endpoint | max req/s | at devices | p95 ms there | items/s |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += ["| target | backend | endpoint | max req/s | at devices | p95 ms there | items/s |"]
+    lines += ["|---|---|---|---|---|---|---|"]
     for s in report["saturation"]:
         cells = [
+            _target(s),
             s["backend"],
             s["endpoint"],
             s["max_rps"],
@@ -199,16 +284,19 @@ def markdown_tables(report: dict[str, Any]) -> str:
             f"\nWARNING: other processes used up to {max(noisy):.0f}% of a core during the "
             "SQLite cells: the machine was not quiet, and these numbers understate the server."
         )
-    odd = [r for r in report["results"] if set(r["statuses"]) - {"applied"}]
+    # crdt-sync pushes answer "applied" per mutation, pouchdb's bulk_docs "ok" per document
+    odd = [r for r in report["results"] if set(r["statuses"]) - {"applied", "ok"}]
     for r in odd:
         lines.append(
-            f"\nNote: {r['backend']} {r['endpoint']} x{r['concurrency']}: result statuses "
-            f"{r['statuses']}"
+            f"\nNote: {_target(r)} {r['backend']} {r['endpoint']} x{r['concurrency']}: result "
+            f"statuses {r['statuses']}"
         )
     for s in report["skipped"]:
-        lines.append(f"\nSkipped {s['backend']}: {s['reason']}")
+        what = " ".join(str(s[k]) for k in ("target", "backend", "endpoint") if k in s)
+        lines.append(f"\nSkipped {what}: {s['reason']}")
     for f in report["failures"]:
-        lines.append(f"\nFAILED {f['backend']} {f.get('endpoint', '')}: {f['error']}")
+        what = " ".join(str(f[k]) for k in ("target", "backend", "endpoint") if k in f)
+        lines.append(f"\nFAILED {what}: {f['error']}")
     return "\n".join(lines)
 
 
@@ -275,6 +363,23 @@ def docs_section(report: dict[str, Any]) -> str:
     measured = WHAT_IS_MEASURED.format(
         batch=params["batch"], batch_last=params["batch"] - 1, pull_size=params["pull_size"]
     )
+    peer = meta.get("peers", {}).get("pouchdb")
+    peer_line = ""
+    if peer and any(_target(r) == "pouchdb" for r in report["results"]):
+        measured += "\n" + PEER_MEASURED.format(
+            pouchdb_server=peer.get("pouchdb-server"),
+            pouchdb_core=peer.get("pouchdb-core"),
+            node=peer.get("node"),
+            mode=MODES.get(params.get("pouchdb_mode", "full"), "?"),
+            batch=params["batch"],
+            pull_size=params["pull_size"],
+        )
+        peer_line = (
+            f" Peer: Node {peer.get('node')}, pouchdb-server {peer.get('pouchdb-server')}, "
+            f"express-pouchdb {peer.get('express-pouchdb')}, pouchdb-core "
+            f"{peer.get('pouchdb-core')}, pouchdb-adapter-memory "
+            f"{peer.get('pouchdb-adapter-memory')}."
+        )
     return "\n".join(
         [
             DOCS_BEGIN,
@@ -289,7 +394,8 @@ def docs_section(report: dict[str, Any]) -> str:
             f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory']} memory, Linux {m['kernel']},",
             f"Python {m['python']}, SQLite {m['sqlite']}"
             + (f", PostgreSQL {pg}" if pg else "")
-            + f"; {pkgs}.",
+            + f"; {pkgs}."
+            + peer_line,
             f"Client processes: {params['workers']}; {params['duration']} s per cell after "
             f"{params['warmup']} s warm-up. Client and server share the machine; load average "
             f"at the start: {' '.join(f'{x:.2f}' for x in meta['loadavg_at_start'])}.",

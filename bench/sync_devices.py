@@ -4,8 +4,10 @@ Theory of operation: a worker process owns a share of the devices, one `httpx.As
 (HTTP/1.1, keep-alive, one connection) per device, and one event loop. The parent drives it
 over a `multiprocessing` pipe with three commands:
 
-- ``("setup", workload, [DeviceSpec…])`` registers the devices and seeds what the workload
-  needs (see `_seed`), then answers ``("ok", None)``;
+- ``("setup", workload, [DeviceSpec…], extra)`` registers the devices and seeds what the
+  workload needs (see `_seed`), then answers ``("ok", None)``. `Settings.target` names the
+  server: ``crdt-sync`` (this module's `Device`) or ``pouchdb`` (`bench.pouch_devices`, which
+  gets `extra` from the parent's preparation of the databases);
 - ``("run", workload, active, start_at, warmup, duration)`` runs one closed-loop cell: every
   device with ``index < active`` sends its next request as soon as the last one returned,
   from wall time ``start_at`` for ``warmup + duration`` seconds, and answers with a `CellStats`
@@ -25,13 +27,15 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 WORKLOADS = ("push", "pull", "pull_full", "ack")
+TARGETS = ("crdt-sync", "pouchdb")
 PUSH_PATH = "/sync/v1/push"
 PULL_PATH = "/sync/v1/pull"
 ACK_PATH = "/sync/v1/ack"
@@ -58,6 +62,31 @@ class Settings:
     pull_size: int  # entities seeded per pull device, and the `limit` of each measured pull
     timeout_s: float = 60.0
     setup_parallelism: int = 4  # devices seeded at once per worker (seeding is not measured)
+    target: str = "crdt-sync"  # which server the devices talk to (TARGETS)
+
+
+RequestResult = tuple[float, httpx.Response | None, str | None]  # latency s, response, error
+
+
+class SimDevice(Protocol):
+    """What the closed loop needs of a simulated device, whatever server it talks to."""
+
+    @property
+    def spec(self) -> DeviceSpec: ...
+
+    @property
+    def client(self) -> httpx.AsyncClient: ...
+
+    async def request(self, workload: str, settings: Settings) -> RequestResult:
+        """Send the workload's next request; return (latency s, response, transport error)."""
+        ...
+
+    def count_items(
+        self, resp: httpx.Response, workload: str, settings: Settings, stats: CellStats
+    ) -> int:
+        """Check a 2xx body and return its items; odd results go to `stats.statuses`.
+        Raises KeyError/TypeError/ValueError on a malformed body."""
+        ...
 
 
 @dataclass
@@ -69,6 +98,14 @@ class Device:
     counter: int = 0  # this device's own vector-clock entry
     base_cursor: str | None = None  # pull cursor taken before the seeded changes
     ack_cursor: str | None = None
+
+    async def request(self, workload: str, settings: Settings) -> RequestResult:
+        return await _one_request(self, workload, settings)
+
+    def count_items(
+        self, resp: httpx.Response, workload: str, settings: Settings, stats: CellStats
+    ) -> int:
+        return _count_items(resp, workload, settings, stats)
 
 
 @dataclass
@@ -230,9 +267,7 @@ async def _seed(dev: Device, workload: str, settings: Settings) -> None:
         await _checked(resp, f"first ack {name}")
 
 
-async def _one_request(
-    dev: Device, workload: str, settings: Settings
-) -> tuple[float, httpx.Response | None, str | None]:
+async def _one_request(dev: Device, workload: str, settings: Settings) -> RequestResult:
     """Send one request of the workload; return (latency s, response, transport error)."""
     if workload == "push":
         body: bytes | None = push_body(dev, settings.batch)
@@ -270,10 +305,15 @@ def _count_items(resp: httpx.Response, workload: str, settings: Settings, stats:
 
 
 async def _device_loop(
-    dev: Device, workload: str, settings: Settings, t_meas: float, t_end: float, stats: CellStats
+    dev: SimDevice,
+    workload: str,
+    settings: Settings,
+    t_meas: float,
+    t_end: float,
+    stats: CellStats,
 ) -> None:
     while time.perf_counter() < t_end:
-        latency, resp, transport_error = await _one_request(dev, workload, settings)
+        latency, resp, transport_error = await dev.request(workload, settings)
         done = time.perf_counter()
         in_window = t_meas <= done <= t_end
         if resp is None or not resp.is_success:
@@ -283,7 +323,7 @@ async def _device_loop(
                 await asyncio.sleep(0.05)  # a dead server must not turn into a busy loop
             continue
         try:
-            items = _count_items(resp, workload, settings, stats)
+            items = dev.count_items(resp, workload, settings, stats)
         except (KeyError, TypeError, ValueError):
             stats.errors[f"{resp.status_code} malformed_body"] += 1
             continue
@@ -300,7 +340,7 @@ async def _sleep_until(t: float) -> None:
 
 
 async def run_cell(
-    devices: list[Device],
+    devices: Sequence[SimDevice],
     workload: str,
     settings: Settings,
     start_at: float,
@@ -320,7 +360,7 @@ async def run_cell(
         stats.cpu_s = time.process_time() - cpu0
         stats.window_s = time.perf_counter() - w0
 
-    async def start_device(dev: Device) -> None:
+    async def start_device(dev: SimDevice) -> None:
         await _sleep_until(t_start)
         await _device_loop(dev, workload, settings, t_meas, t_end, stats)
 
@@ -331,7 +371,7 @@ async def run_cell(
     return stats
 
 
-def _new_client(settings: Settings) -> httpx.AsyncClient:
+def new_client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=settings.base_url,
         timeout=settings.timeout_s,
@@ -341,7 +381,7 @@ def _new_client(settings: Settings) -> httpx.AsyncClient:
 
 
 async def _setup(specs: list[DeviceSpec], workload: str, settings: Settings) -> list[Device]:
-    devices = [Device(spec=spec, client=_new_client(settings)) for spec in specs]
+    devices = [Device(spec=spec, client=new_client(settings)) for spec in specs]
     gate = asyncio.Semaphore(settings.setup_parallelism)
 
     async def one(dev: Device) -> None:
@@ -360,9 +400,19 @@ async def _setup(specs: list[DeviceSpec], workload: str, settings: Settings) -> 
     return devices
 
 
+async def _setup_target(
+    specs: list[DeviceSpec], workload: str, settings: Settings, extra: Any
+) -> Sequence[SimDevice]:
+    if settings.target == "pouchdb":
+        from bench import pouch_devices  # it imports this module
+
+        return await pouch_devices.setup(specs, workload, settings, extra)
+    return await _setup(specs, workload, settings)
+
+
 async def _serve(conn: Connection, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
-    devices: dict[str, list[Device]] = {}
+    devices: dict[str, Sequence[SimDevice]] = {}
     try:
         while True:
             cmd = await loop.run_in_executor(None, conn.recv)
@@ -371,8 +421,8 @@ async def _serve(conn: Connection, settings: Settings) -> None:
                 break
             try:
                 if kind == "setup":
-                    _, workload, specs = cmd
-                    devices[workload] = await _setup(specs, workload, settings)
+                    _, workload, specs, extra = cmd
+                    devices[workload] = await _setup_target(specs, workload, settings, extra)
                     conn.send(("ok", None))
                 elif kind == "run":
                     _, workload, active, start_at, warmup, duration = cmd

@@ -1,9 +1,11 @@
 """Node load-generator processes (bench/ws/load.mjs) driven from asyncio, and process metrics.
 
-Each :class:`NodeLoad` is one Node process hosting many stock Yjs clients (`yjs` +
-`y-websocket`'s `WebsocketProvider` over `ws`, the packages of tests/interop/node_modules).
-Commands are JSON lines on its stdin, each answered by one JSON line on stdout (matched by
-``id``); see the header of bench/ws/load.mjs for the commands.
+Each :class:`NodeLoad` is one Node process hosting many stock Yjs clients of one protocol:
+y-websocket (`yjs` + `y-websocket`'s `WebsocketProvider` over `ws`, the packages of
+tests/interop/node_modules) or Hocuspocus (`yjs` + `@hocuspocus/provider` over `ws`, the
+packages of bench/peers/node_modules). Commands are JSON lines on its stdin, each answered by
+one JSON line on stdout (matched by ``id``); see the header of bench/ws/load.mjs for the
+commands.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 LOAD_SCRIPT = Path(__file__).resolve().parent / "ws" / "load.mjs"
 MODULES_DIR = REPO / "tests" / "interop"
-REQUIRED_PACKAGES = ("yjs", "y-websocket", "ws")
+PEER_MODULES_DIR = REPO / "bench" / "peers"
+# where the clients of each protocol come from, and the packages they need there
+CLIENT_MODULES = {"y-websocket": MODULES_DIR, "hocuspocus": PEER_MODULES_DIR}
+CLIENT_PACKAGES = {
+    "y-websocket": ("yjs", "y-websocket", "ws"),
+    "hocuspocus": ("yjs", "@hocuspocus/provider", "ws"),
+}
+REQUIRED_PACKAGES = CLIENT_PACKAGES["y-websocket"]
 STDOUT_LIMIT = 512 * 1024 * 1024  # `collect` answers with one long line
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -30,14 +39,17 @@ class LoadError(RuntimeError):
     """A Node load process failed, timed out, or answered ``ok: false``."""
 
 
-def node_missing() -> str | None:
-    """Why the Node load generator cannot run here, or None when it can."""
+def node_missing(protocol: str = "y-websocket") -> str | None:
+    """Why the Node load generator cannot run clients of `protocol` here, or None when it can."""
     if shutil.which("node") is None:
         return "node is not installed"
-    modules = MODULES_DIR / "node_modules"
-    missing = [p for p in REQUIRED_PACKAGES if not (modules / p).is_dir()]
+    if protocol not in CLIENT_PACKAGES:
+        return f"no clients for protocol {protocol!r}"
+    modules = CLIENT_MODULES[protocol] / "node_modules"
+    missing = [p for p in CLIENT_PACKAGES[protocol] if not (modules / p).is_dir()]
     if missing:
-        return f"{modules} lacks {', '.join(missing)}: run `make interop`"
+        fix = "make interop" if protocol == "y-websocket" else f"npm ci in {PEER_MODULES_DIR}"
+        return f"{modules} lacks {', '.join(missing)}: run `{fix}`"
     return None
 
 
@@ -105,14 +117,16 @@ class NodeLoad:
         return self.proc.pid
 
     @classmethod
-    async def start(cls, name: str, timeout: float = 30.0) -> NodeLoad:
+    async def start(
+        cls, name: str, timeout: float = 30.0, modules_dir: Path = MODULES_DIR
+    ) -> NodeLoad:
         proc = await asyncio.create_subprocess_exec(
             "node",
             str(LOAD_SCRIPT),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "CRDT_BENCH_NODE_MODULES_DIR": str(MODULES_DIR)},
+            env={**os.environ, "CRDT_BENCH_NODE_MODULES_DIR": str(modules_dir)},
             limit=STDOUT_LIMIT,
         )
         load = cls(proc, name)
@@ -185,11 +199,11 @@ class NodeLoad:
                 await task
 
 
-async def start_loads(count: int, prefix: str) -> list[NodeLoad]:
+async def start_loads(count: int, prefix: str, modules_dir: Path = MODULES_DIR) -> list[NodeLoad]:
     loads: list[NodeLoad] = []
     try:
         for i in range(count):
-            loads.append(await NodeLoad.start(f"{prefix}-{i}"))
+            loads.append(await NodeLoad.start(f"{prefix}-{i}", modules_dir=modules_dir))
     except BaseException:
         await close_loads(loads)
         raise

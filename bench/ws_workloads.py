@@ -1,22 +1,28 @@
-"""The two room workloads of bench/ws_rooms.py: fan-out editing and idle connections.
+"""The two room workloads of bench/ws_rooms.py: fan-out editing and idle connections, against
+any :class:`Target` (crdt-sync, or a peer server of bench/peers.py).
 
 Fan-out: N stock Yjs clients (Node processes, see bench/ws/load.mjs) join one fresh room of
-the server; from a common start time each inserts one character at a random index of a shared
-Y.Text, `rate` times a second (random phase). Every client records when each remote insert
-(origin client id, clock) became part of its doc; the origin records when it made the insert
-(just before the provider sends it). Propagation latency = receive time - send time, wall
-clock of the same host. Samples count when the insert was *sent* inside the measured window
-(after the warm-up). Convergence: after the sending stops, every client must hold every
-insert, all texts must be identical, and the text must hold exactly as many characters of
-each client as that client inserted. With `light`, all but FULL_CLIENTS of the room are
-protocol-level clients (same messages on the wire; they only read which inserts an update
-carries instead of integrating it), so that a small machine can host 50 busy receivers; the
-full clients check the text, the light ones that they received every insert.
+the server (the first alone, then the others); from a common start time each inserts one
+character at a random index of a shared Y.Text, `rate` times a second (random phase). Every
+client records when each remote insert (origin client id, clock) became part of its doc; the
+origin records when it made the insert (just before the provider sends it). Propagation
+latency = receive time - send time, wall clock of the same host. Samples count when the
+insert was *sent* inside the measured window (after the warm-up). Convergence: after the
+sending stops, every client must hold every insert, all texts must be identical, and the text
+must hold exactly as many characters of each client as that client inserted. With `light`,
+all but FULL_CLIENTS of the room are protocol-level clients (same messages on the wire; they
+only read which inserts an update carries instead of integrating it), so that a small machine
+can host 50 busy receivers; the full clients check the text, the light ones that they
+received every insert.
 
 Idle: a fresh server; a few warm-up clients first, then `count` clients over `rooms` rooms
 open their connection and complete the sync handshake (at most `connect_concurrency` in
-flight), then stay idle for `hold` seconds. RSS per connection = (server RSS after the hold -
-RSS before connecting) / count.
+flight; the first client of each room first, see opening_phases()), then stay idle for `hold`
+seconds. RSS per connection = (server RSS after the hold - RSS before connecting) / count.
+
+Every target is measured the same way: the clients speak the target's protocol (y-websocket,
+or Hocuspocus's framing of the same sync messages), CPU and RSS are those of the target's
+process tree (by pid).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -35,6 +42,7 @@ import jwt
 from bench import report, server_process
 from bench.server_process import ServerProcess
 from bench.ws_clients import (
+    CLIENT_MODULES,
     LoadError,
     NodeLoad,
     close_loads,
@@ -63,6 +71,7 @@ class FanoutParams:
     deflate: bool = True
     light: bool = False  # all but FULL_CLIENTS are protocol-level clients (bench/ws/load.mjs)
     converge_timeout: float = 30.0
+    open_rooms_first: bool = True  # see opening_phases()
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class IdleParams:
     warm_clients: int = WARM_CLIENTS
     connect_timeout: float = 60.0  # per handshake
     connect_deadline: float = CONNECT_DEADLINE_S
+    open_rooms_first: bool = True  # see opening_phases()
 
 
 def author_token(secret: str, tenant: str, user: str) -> str:
@@ -86,6 +96,43 @@ def author_token(secret: str, tenant: str, user: str) -> str:
 
 def room_url(server: ServerProcess) -> str:
     return f"ws://{server.host}:{server.port}/sync/v1/rooms"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server under test as the workloads see it: the process tree to sample and how its
+    clients connect. `url` is what bench/ws/load.mjs gets: the y-websocket provider's server
+    URL (the room is appended as a path segment) or the Hocuspocus URL (one for all rooms)."""
+
+    name: str  # "crdt-sync" or a peer of bench/peers.py
+    backend: str  # crdt-sync: sqlite or postgresql; peers: memory
+    pid: int
+    url: str
+    protocol: str  # "y-websocket" or "hocuspocus"
+    jwt_secret: str | None = None  # clients get author tokens signed with it; None: no token
+
+    @property
+    def modules_dir(self) -> Path:
+        return CLIENT_MODULES[self.protocol]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.backend})"
+
+    def token(self, tenant: str, user: str) -> str | None:
+        return None if self.jwt_secret is None else author_token(self.jwt_secret, tenant, user)
+
+    @classmethod
+    def crdt_sync(cls, server: ServerProcess, backend: str) -> Target:
+        assert server.proc is not None
+        return cls(
+            name="crdt-sync",
+            backend=backend,
+            pid=server.proc.pid,
+            url=room_url(server),
+            protocol="y-websocket",
+            jwt_secret=server.jwt_secret,
+        )
 
 
 @dataclass
@@ -101,15 +148,15 @@ class Probe:
     server_rss: int
 
     @classmethod
-    def take(cls, server: ServerProcess, loads: list[NodeLoad]) -> Probe:
-        assert server.proc is not None
+    def take(cls, pid: int, loads: list[NodeLoad]) -> Probe:
+        """`pid`: the server's process (its descendants count too)."""
         return cls(
             t=time.monotonic(),
-            server_cpu=server.cpu_seconds(),
-            server_wait=tree_runqueue_wait_s(server.proc.pid),
+            server_cpu=server_process.process_tree_cpu(pid),
+            server_wait=tree_runqueue_wait_s(pid),
             load_cpu=[server_process.process_tree_cpu(x.pid) for x in loads],
             machine=server_process.machine_cpu_ticks(),
-            server_rss=tree_rss_bytes(server.proc.pid),
+            server_rss=tree_rss_bytes(pid),
         )
 
 
@@ -143,6 +190,49 @@ def _pcts(values: list[float]) -> dict[str, float | None]:
     return out
 
 
+def opening_phases(specs: list[dict[str, Any]], first: bool) -> list[list[dict[str, Any]]]:
+    """With `first`: the first client of every room, then all the others. Every target gets
+    the same: stock pycrdt-websocket 0.16.5 hangs clients that join a room that is still
+    starting (design.md §5: no sync step 2 until the provider's 30 s reconnect), which would
+    turn its connect figures into that timeout; rooms opened by one client are safe to join."""
+    if not first:
+        return [specs]
+    seen: set[str] = set()
+    openers: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
+    for spec in specs:
+        (rest if spec["room"] in seen else openers).append(spec)
+        seen.add(spec["room"])
+    return [openers, rest]
+
+
+async def connect_phases(
+    loads: list[NodeLoad],
+    phases: list[list[dict[str, Any]]],
+    timeout: float,
+    deadline_s: float | None = None,
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    """`connect` the clients phase by phase, each phase spread round-robin over the loads and
+    done (synced or failed) before the next starts; `deadline_s` counts from the first phase.
+    The replies of every load and phase (see bench/ws/load.mjs)."""
+    replies: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    for phase in phases:
+        extra: dict[str, Any] = {}
+        if deadline_s is not None:
+            extra["deadline_ms"] = max(0.0, deadline_s - (time.monotonic() - t0)) * 1000.0
+        parts = split(phase, len(loads))
+        shares = [(x, share) for x, share in zip(loads, parts, strict=True) if share]
+        replies += await asyncio.gather(
+            *(
+                x.command("connect", timeout, clients=share, **fields, **extra)
+                for x, share in shares
+            )
+        )
+    return replies
+
+
 def _errors(statuses: list[dict[str, Any]]) -> Counter[str]:
     errors: Counter[str] = Counter()
     for s in statuses:
@@ -153,9 +243,17 @@ def _errors(statuses: list[dict[str, Any]]) -> Counter[str]:
 # -- fan-out ----------------------------------------------------------------------------------
 
 
+def _row_head(target: Target, workload: str) -> dict[str, Any]:
+    return {
+        "target": target.name,
+        "backend": target.backend,
+        "protocol": target.protocol,
+        "workload": workload,
+    }
+
+
 async def run_fanout(
-    server: ServerProcess,
-    backend: str,
+    target: Target,
     tenant: str,
     p: FanoutParams,
     on_window: WindowHook | None = None,
@@ -166,43 +264,42 @@ async def run_fanout(
         {
             "key": k,
             "room": room,
-            "token": author_token(server.jwt_secret, tenant, f"editor-{k}"),
+            "token": target.token(tenant, f"editor-{k}"),
             "client_id": CLIENT_ID_BASE + k,
             "light": p.light and k >= FULL_CLIENTS,
         }
         for k in range(p.clients)
     ]
-    loads = await start_loads(nproc, f"fanout{p.clients}")
+    loads = await start_loads(nproc, f"fanout{p.clients}", target.modules_dir)
     try:
-        replies = await asyncio.gather(
-            *(
-                x.command(
-                    "connect",
-                    120.0,
-                    url=room_url(server),
-                    clients=share,
-                    concurrency=10,
-                    deflate=p.deflate,
-                )
-                for x, share in zip(loads, split(specs, nproc), strict=True)
-            )
+        replies = await connect_phases(
+            loads,
+            opening_phases(specs, p.open_rooms_first),
+            120.0,
+            url=target.url,
+            protocol=target.protocol,
+            concurrency=10,
+            deflate=p.deflate,
         )
         failed = sum(r["failed"] + r["not_started"] for r in replies)
         if failed:
             raise LoadError(f"{failed} of {p.clients} fan-out clients did not sync")
-        return await _measure_fanout(server, backend, loads, p, on_window)
+        row = await _measure_fanout(target, loads, p, on_window)
+        row["deflate_negotiated"] = sum(r["deflate"] for r in replies)
+        row["rooms_opened_first"] = p.open_rooms_first
+        return row
     finally:
         await close_loads(loads)
 
 
 async def _measure_fanout(
-    server: ServerProcess,
-    backend: str,
+    target: Target,
     loads: list[NodeLoad],
     p: FanoutParams,
     on_window: WindowHook | None,
 ) -> dict[str, Any]:
-    first = Probe.take(server, loads)
+    pid = target.pid
+    first = Probe.take(pid, loads)
     start_ms = time.time() * 1000.0 + 500.0
     window0, window1 = start_ms + p.warmup * 1000.0, start_ms + (p.warmup + p.duration) * 1000.0
     edits = [
@@ -220,10 +317,10 @@ async def _measure_fanout(
         for x in loads
     ]
     await asyncio.sleep(max(0.0, window0 / 1000.0 - time.time()))
-    before = Probe.take(server, loads)
+    before = Probe.take(pid, loads)
     hook = asyncio.ensure_future(on_window(p.duration)) if on_window else None
     await asyncio.sleep(max(0.0, window1 / 1000.0 - time.time()))
-    after = Probe.take(server, loads)
+    after = Probe.take(pid, loads)
     if hook is not None:
         await hook
     sends = [s for reply in await asyncio.gather(*edits) for s in reply["sends"]]
@@ -242,12 +339,13 @@ async def _measure_fanout(
         )
     )
     converge_s = time.monotonic() - t0
-    last = Probe.take(server, loads)
+    last = Probe.take(pid, loads)
     receives = [
         r["receives"] for r in await asyncio.gather(*(x.command("collect", 120.0) for x in loads))
     ]
     statuses = await asyncio.gather(*(x.command("status", 30.0) for x in loads))
-    row: dict[str, Any] = {"backend": backend, "workload": "fanout", "clients": p.clients}
+    row = _row_head(target, "fanout")
+    row["clients"] = p.clients
     row["deflate"] = p.deflate
     row["light"] = p.light
     row["full_clients"] = min(p.clients, FULL_CLIENTS) if p.light else p.clients
@@ -337,51 +435,49 @@ def _convergence(sends: list[dict[str, Any]], replies: list[dict[str, Any]]) -> 
 # -- idle connections -------------------------------------------------------------------------
 
 
-async def run_idle(
-    server: ServerProcess, backend: str, tenant: str, p: IdleParams
-) -> dict[str, Any]:
+async def run_idle(target: Target, tenant: str, p: IdleParams) -> dict[str, Any]:
     nproc = max(1, math.ceil(p.count / p.per_process))
     tag = os.urandom(3).hex()
-    url = room_url(server)
+    url, protocol, pid = target.url, target.protocol, target.pid
     specs = [
         {
             "key": k,
             "room": f"idle-{tag}-{k % p.rooms}",
-            "token": author_token(server.jwt_secret, tenant, f"idler-{k % 1000}"),
+            "token": target.token(tenant, f"idler-{k % 1000}"),
         }
         for k in range(p.count)
     ]
-    warm = [
-        {"key": k, "room": f"warm-{tag}", "token": author_token(server.jwt_secret, tenant, "warm")}
-        for k in range(p.warm_clients)
-    ]
-    loads = await start_loads(nproc, f"idle{p.count}")
+    warm_token = target.token(tenant, "warm")
+    warm = [{"key": k, "room": f"warm-{tag}", "token": warm_token} for k in range(p.warm_clients)]
+    loads = await start_loads(nproc, f"idle{p.count}", target.modules_dir)
     try:
-        await loads[0].command(
-            "connect", 60.0, url=url, clients=warm, awareness=p.awareness, deflate=p.deflate
+        await connect_phases(
+            loads[:1],
+            opening_phases(warm, p.open_rooms_first),
+            60.0,
+            url=url,
+            protocol=protocol,
+            awareness=p.awareness,
+            deflate=p.deflate,
         )
         await asyncio.sleep(1.0)
-        p0 = Probe.take(server, loads)
+        p0 = Probe.take(pid, loads)
         per_lane = max(1, p.connect_concurrency // nproc)
-        replies = await asyncio.gather(
-            *(
-                x.command(
-                    "connect",
-                    p.connect_deadline + p.connect_timeout + 60.0,
-                    url=url,
-                    clients=share,
-                    concurrency=per_lane,
-                    timeout_ms=p.connect_timeout * 1000.0,
-                    deadline_ms=p.connect_deadline * 1000.0,
-                    awareness=p.awareness,
-                    deflate=p.deflate,
-                )
-                for x, share in zip(loads, split(specs, nproc), strict=True)
-            )
+        replies = await connect_phases(
+            loads,
+            opening_phases(specs, p.open_rooms_first),
+            p.connect_deadline + p.connect_timeout + 60.0,
+            deadline_s=p.connect_deadline,
+            url=url,
+            protocol=protocol,
+            concurrency=per_lane,
+            timeout_ms=p.connect_timeout * 1000.0,
+            awareness=p.awareness,
+            deflate=p.deflate,
         )
-        p1 = Probe.take(server, loads)
+        p1 = Probe.take(pid, loads)
         await asyncio.sleep(p.hold)
-        p2 = Probe.take(server, loads)
+        p2 = Probe.take(pid, loads)
         statuses = await asyncio.gather(*(x.command("status", 30.0) for x in loads))
     except BaseException:
         await close_loads(loads)
@@ -389,13 +485,12 @@ async def run_idle(
     client_rss = sum(s["rss_bytes"] for s in statuses)
     await close_loads(loads)
     await asyncio.sleep(2.0)
-    assert server.proc is not None
-    rss_closed = tree_rss_bytes(server.proc.pid)
-    return _idle_row(backend, p, replies, statuses, (p0, p1, p2), rss_closed, client_rss)
+    rss_closed = tree_rss_bytes(pid)
+    return _idle_row(target, p, replies, statuses, (p0, p1, p2), rss_closed, client_rss)
 
 
 def _idle_row(
-    backend: str,
+    target: Target,
     p: IdleParams,
     replies: list[dict[str, Any]],
     statuses: list[dict[str, Any]],
@@ -411,14 +506,14 @@ def _idle_row(
     still = sum(s["synced"] for s in statuses) - p.warm_clients
     connect_cpu = cpu_between(p0, p1)
     hold_cpu = cpu_between(p1, p2)
-    return {
-        "backend": backend,
-        "workload": "idle",
+    return _row_head(target, "idle") | {
         "connections": p.count,
         "rooms": p.rooms,
         "awareness": p.awareness,
         "deflate": p.deflate,
         "connected": connected,
+        "deflate_negotiated": sum(r["deflate"] for r in replies),
+        "rooms_opened_first": p.open_rooms_first,
         "failed": sum(r["failed"] for r in replies),
         "not_started": sum(r["not_started"] for r in replies),
         "still_synced_after_hold": still,

@@ -1,24 +1,38 @@
 #!/usr/bin/env node
-// Load generator for bench/ws_rooms.py: many stock Yjs clients (Y.Doc + y-websocket's
-// WebsocketProvider over `ws`) in ONE Node process, driven through stdin/stdout JSON lines.
+// Load generator for bench/ws_rooms.py: many stock Yjs clients in ONE Node process, driven
+// through stdin/stdout JSON lines. Two protocols:
+//   y-websocket  Y.Doc + y-websocket's WebsocketProvider over `ws` (crdt-sync, the y-websocket
+//                reference server, pycrdt-websocket): the room is the last URL path segment
+//   hocuspocus   Y.Doc + @hocuspocus/provider v3's HocuspocusProvider, each on its own
+//                HocuspocusProviderWebsocket (so one socket per client, like the y-websocket
+//                clients): the document name prefixes every message
 //
 //   node bench/ws/load.mjs            (the packages come from tests/interop/node_modules,
-//                                      or from $CRDT_BENCH_NODE_MODULES_DIR/node_modules)
+//                                      or from $CRDT_BENCH_NODE_MODULES_DIR/node_modules;
+//                                      hocuspocus clients need @hocuspocus/provider there too,
+//                                      e.g. bench/peers)
 //
 // Every command is one JSON object with an `id`; each is answered by exactly one line
 // {"id": <same>, "ok": true, ...} or {"id": <same>, "ok": false, "error": "..."}. stdout carries
 // only those lines; diagnostics go to stderr. Times are wall-clock milliseconds with sub-ms
 // resolution (performance.timeOrigin + performance.now()), comparable across the processes of
-// one host.
+// one host. The packages are loaded at the first `connect` (one Yjs instance per process: a
+// process serves one modules directory).
 //
 // Commands
-//   connect  {url, clients: [{key, room, token, client_id?, light?}], concurrency, timeout_ms,
-//            awareness, deflate}: light clients are protocol-level (see LightClient), the others
-//            stock providers. Opens the clients, at most `concurrency` handshakes in flight; answers
-//            once each has synced or timed out, starting none after `deadline_ms`: {connected,
-//            failed, not_started, handshake_ms: [...], started_at, finished_at}. A handshake runs from creating the socket to the
-//            provider's `sync`. awareness false: no awareness state (stock clients have one);
-//            deflate false: no permessage-deflate offer (`ws` and browsers offer it).
+//   connect  {url, clients: [{key, room, token?, client_id?, light?}], concurrency, timeout_ms,
+//            awareness, deflate, protocol?, modules_dir?}: protocol "y-websocket" (default) or
+//            "hocuspocus"; `url` is the provider's server URL (y-websocket: the room is appended
+//            as a path segment, the token as ?token= when there is one; hocuspocus: used as is,
+//            the token goes in its Auth message). Light clients are protocol-level (see
+//            LightClient), the others stock providers. Opens the clients, at most `concurrency`
+//            handshakes in flight; answers once each has synced or timed out, starting none after
+//            `deadline_ms`: {connected, failed, not_started, handshake_ms: [...], deflate:
+//            n clients whose socket negotiated permessage-deflate, started_at, finished_at}. A
+//            handshake runs from creating the socket to the provider's first `sync`/`synced`.
+//            awareness false: no awareness state (stock clients have one); deflate false: no
+//            permessage-deflate offer (`ws` and browsers offer it). `modules_dir` overrides
+//            $CRDT_BENCH_NODE_MODULES_DIR (only before the packages are loaded).
 //   edit     {start_at, warmup_ms, duration_ms, rate_hz, root}: from wall time `start_at`, every
 //            client inserts one character (its own, U+4E00 + key) at a random index of the Y.Text
 //            `root`, `rate_hz` times a second, with a random phase, until
@@ -41,22 +55,42 @@ import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
-const modulesDir =
+let modulesDir =
   process.env.CRDT_BENCH_NODE_MODULES_DIR ?? path.resolve(here, '..', '..', 'tests', 'interop')
-// CommonJS builds throughout, so y-websocket and this script share one Yjs instance.
-const require = createRequire(path.join(modulesDir, 'package.json'))
-const Y = require('yjs')
-const { WebsocketProvider } = require('y-websocket')
-const WebSocket = require('ws')
-const encoding = require('lib0/encoding')
-const decoding = require('lib0/decoding')
+// Loaded at the first `connect`. CommonJS builds throughout, so the providers and this script
+// share one Yjs instance.
+let Y, WebSocket, PlainWebSocket, encoding, decoding
+let requireFrom = null
+const providers = {}
 
-// `ws` offers permessage-deflate by default, as browsers do; `deflate: false` stops offering it.
-class PlainWebSocket extends WebSocket {
-  constructor (address, protocols) {
-    super(address, protocols, { perMessageDeflate: false })
+function loadModules (dir) {
+  if (requireFrom !== null) {
+    if (dir !== undefined && dir !== null && path.resolve(dir) !== path.resolve(modulesDir)) {
+      throw new Error(`packages already loaded from ${modulesDir}: one modules_dir per process`)
+    }
+    return
   }
+  if (dir !== undefined && dir !== null) modulesDir = dir
+  const require = createRequire(path.join(path.resolve(modulesDir), 'package.json'))
+  Y = require('yjs')
+  WebSocket = require('ws')
+  encoding = require('lib0/encoding')
+  decoding = require('lib0/decoding')
+  // `ws` offers permessage-deflate by default, as browsers do; `deflate: false` stops offering it.
+  PlainWebSocket = class extends WebSocket {
+    constructor (address, protocols) {
+      super(address, protocols, { perMessageDeflate: false })
+    }
+  }
+  requireFrom = require
 }
+
+function provider (pkg) {
+  if (!(pkg in providers)) providers[pkg] = requireFrom(pkg)
+  return providers[pkg]
+}
+
+const negotiatedDeflate = (ws) => Boolean(ws && ws.extensions && ws.extensions.includes('permessage-deflate'))
 
 process.setMaxListeners(0) // every provider adds an 'exit' listener in Node
 
@@ -74,35 +108,38 @@ const countError = (kind) => errors.set(kind, (errors.get(kind) ?? 0) + 1)
 const clients = []
 let recording = false
 let receives = []
+const PROTOCOLS = ['y-websocket', 'hocuspocus']
 
-class Client {
-  constructor (spec, url, awareness, deflate) {
+// Resolves with the ms from `open()` to the client's first sync, or null after `timeoutMs`.
+const handshake = (client, timeoutMs, open) =>
+  new Promise((resolve) => {
+    const started = now()
+    const timer = setTimeout(() => {
+      client.onSynced = null
+      countError('handshake timeout')
+      resolve(null)
+    }, timeoutMs)
+    client.onSynced = () => {
+      clearTimeout(timer)
+      client.onSynced = null
+      resolve(now() - started)
+    }
+    open()
+  })
+
+// A stock client: a Y.Doc and a stock provider. What its provider integrates is recorded.
+class StockClient {
+  constructor (spec) {
     this.key = spec.key
+    this.full = true
     this.doc = new Y.Doc()
     if (spec.client_id !== undefined && spec.client_id !== null) this.doc.clientID = spec.client_id
-    this.provider = new WebsocketProvider(url, spec.room, this.doc, {
-      connect: false,
-      params: { token: spec.token },
-      WebSocketPolyfill: deflate ? WebSocket : PlainWebSocket,
-      disableBc: true,
-      maxBackoffTime: 2500
-    })
-    if (!awareness) this.provider.awareness.setLocalState(null)
     this.syncedOnce = false
     this.onSynced = null
-    this.provider.on('sync', (synced) => {
-      if (synced && !this.syncedOnce) {
-        this.syncedOnce = true
-        if (this.onSynced) this.onSynced()
-      }
-    })
-    this.provider.on('connection-error', (event) => {
-      countError(`error: ${event && event.message ? event.message : 'connection error'}`)
-    })
-    this.provider.on('connection-close', (event) => {
-      // null when this process closed the socket itself (exit)
-      if (event != null) countError(`closed ${event.code ?? '?'} ${event.reason ?? ''}`.trim())
-    })
+  }
+
+  // after the subclass made this.provider (the transaction origin of what it receives)
+  recordReceives () {
     const provider = this.provider
     const key = this.key
     this.doc.on('afterTransaction', (tr) => {
@@ -116,8 +153,49 @@ class Client {
     })
   }
 
+  markSynced () {
+    if (this.syncedOnce) return
+    this.syncedOnce = true
+    if (this.onSynced) this.onSynced()
+  }
+
   stateOf (client) {
     return Y.getState(this.doc.store, client)
+  }
+
+  connect (timeoutMs) {
+    return handshake(this, timeoutMs, () => this.open())
+  }
+}
+
+// y-websocket's WebsocketProvider: the room is the last path segment, the token ?token=.
+class YWebsocketClient extends StockClient {
+  constructor (spec, url, awareness, deflate) {
+    super(spec)
+    const { WebsocketProvider } = provider('y-websocket')
+    this.provider = new WebsocketProvider(url, spec.room, this.doc, {
+      connect: false,
+      params: spec.token ? { token: spec.token } : {},
+      WebSocketPolyfill: deflate ? WebSocket : PlainWebSocket,
+      disableBc: true,
+      maxBackoffTime: 2500
+    })
+    if (!awareness) this.provider.awareness.setLocalState(null)
+    this.provider.on('sync', (synced) => {
+      if (synced) this.markSynced()
+    })
+    this.provider.on('connection-error', (event) => {
+      countError(`error: ${event && event.message ? event.message : 'connection error'}`)
+    })
+    this.provider.on('connection-close', (event) => {
+      // null when this process closed the socket itself (exit)
+      if (event != null) countError(`closed ${event.code ?? '?'} ${event.reason ?? ''}`.trim())
+    })
+    this.recordReceives()
+  }
+
+  open () {
+    this.provider.connect()
   }
 
   isConnected () {
@@ -128,38 +206,90 @@ class Client {
     return this.provider.synced
   }
 
+  deflate () {
+    return negotiatedDeflate(this.provider.ws)
+  }
+
   destroy () {
     this.provider.destroy()
   }
+}
 
-  connect (timeoutMs) {
-    return new Promise((resolve) => {
-      const started = now()
-      const timer = setTimeout(() => {
-        this.onSynced = null
-        countError('handshake timeout')
-        resolve(null)
-      }, timeoutMs)
-      this.onSynced = () => {
-        clearTimeout(timer)
-        this.onSynced = null
-        resolve(now() - started)
-      }
-      this.provider.connect()
+// @hocuspocus/provider v3: a HocuspocusProvider on a HocuspocusProviderWebsocket of its own (one
+// socket per client); it sends its Auth message (the token, "" without one) and sync step 1 on
+// open. Reconnect delays capped at 2.5 s like the y-websocket clients' maxBackoffTime.
+class HocuspocusClient extends StockClient {
+  constructor (spec, url, awareness, deflate) {
+    super(spec)
+    const { HocuspocusProvider, HocuspocusProviderWebsocket } = provider('@hocuspocus/provider')
+    this.socket = new HocuspocusProviderWebsocket({
+      url,
+      WebSocketPolyfill: deflate ? WebSocket : PlainWebSocket,
+      autoConnect: false,
+      maxDelay: 2500
     })
+    this.provider = new HocuspocusProvider({
+      websocketProvider: this.socket,
+      name: spec.room,
+      document: this.doc,
+      token: spec.token ?? null
+    })
+    if (!awareness) this.provider.awareness.setLocalState(null)
+    this.provider.on('synced', () => this.markSynced())
+    this.provider.on('authenticationFailed', ({ reason }) => {
+      countError(`authentication failed: ${reason}`)
+    })
+    // not emitted when this process closes the socket itself (destroy removes the listeners)
+    this.socket.on('close', ({ event }) => {
+      countError(`closed ${event?.code ?? '?'} ${event?.reason ?? ''}`.trim())
+    })
+    this.provider.attach()
+    this.recordReceives()
+  }
+
+  open () {
+    this.socket.connect().catch((err) => countError(`error: ${errorText(err)}`))
+  }
+
+  isConnected () {
+    return this.socket.status === 'connected'
+  }
+
+  isSynced () {
+    return this.provider.synced
+  }
+
+  deflate () {
+    return negotiatedDeflate(this.socket.webSocket)
+  }
+
+  destroy () {
+    this.provider.destroy()
+    this.socket.destroy()
   }
 }
 
-// A protocol-level client: the same y-websocket messages on the wire as a stock provider
-// (sync step 1 with its state vector, step 2 answers, its updates), but it does not integrate
-// what it receives: it only reads which (client, clock) ranges an update carries
-// (Y.parseUpdateMeta). Its own Y.Doc holds only its own edits. No awareness state. Much
-// cheaper per received update, so a small machine can host 50 busy receivers.
+// A protocol-level client: the same messages on the wire as a stock provider of its protocol
+// (sync step 1 with its state vector, step 2 answers, its updates; Hocuspocus: each prefixed
+// with the document name, after an Auth message with the token, as the provider sends them),
+// but it does not integrate what it receives: it only reads which (client, clock) ranges an
+// update carries (Y.parseUpdateMeta). Its own Y.Doc holds only its own edits; the echo of its
+// own updates (servers that send an update back to its origin) is not a receive. No awareness
+// state. Much cheaper per received update, so a small machine can host 50 busy receivers.
 class LightClient {
-  constructor (spec, url, deflate) {
+  constructor (spec, url, deflate, protocol) {
     this.key = spec.key
-    this.url = `${url}/${encodeURIComponent(spec.room)}?token=${encodeURIComponent(spec.token)}`
-    this.deflate = deflate
+    this.full = false
+    this.hocuspocus = protocol === 'hocuspocus'
+    this.room = spec.room
+    this.token = spec.token ?? ''
+    if (this.hocuspocus) {
+      this.url = url
+    } else {
+      const query = spec.token ? `?token=${encodeURIComponent(spec.token)}` : ''
+      this.url = `${url}/${encodeURIComponent(spec.room)}${query}`
+    }
+    this.deflateOffer = deflate
     this.doc = new Y.Doc()
     if (spec.client_id !== undefined && spec.client_id !== null) this.doc.clientID = spec.client_id
     this.have = new Map() // client id -> next clock not received (all below it were)
@@ -172,7 +302,31 @@ class LightClient {
     this.stopped = false
     this.failures = 0
     this.doc.on('update', (update) => {
-      if (this.connected) this.ws.send(syncMessage(2, update))
+      if (this.connected) this.ws.send(this.syncMessage(2, update))
+    })
+  }
+
+  message (write) {
+    const encoder = encoding.createEncoder()
+    if (this.hocuspocus) encoding.writeVarString(encoder, this.room)
+    write(encoder)
+    return encoding.toUint8Array(encoder)
+  }
+
+  syncMessage (kind, payload) {
+    return this.message((encoder) => {
+      encoding.writeVarUint(encoder, 0)
+      encoding.writeVarUint(encoder, kind)
+      encoding.writeVarUint8Array(encoder, payload)
+    })
+  }
+
+  authMessage () {
+    // MessageType.Auth, AuthMessageType.Token, the token
+    return this.message((encoder) => {
+      encoding.writeVarUint(encoder, 2)
+      encoding.writeVarUint(encoder, 0)
+      encoding.writeVarString(encoder, this.token)
     })
   }
 
@@ -188,13 +342,18 @@ class LightClient {
     return this.synced
   }
 
+  deflate () {
+    return negotiatedDeflate(this.ws)
+  }
+
   open () {
-    const ws = new WebSocket(this.url, { perMessageDeflate: this.deflate })
+    const ws = new WebSocket(this.url, { perMessageDeflate: this.deflateOffer })
     this.ws = ws
     ws.binaryType = 'nodebuffer'
     ws.on('open', () => {
       this.connected = true
-      ws.send(syncMessage(0, Y.encodeStateVector(this.doc)))
+      if (this.hocuspocus) ws.send(this.authMessage())
+      ws.send(this.syncMessage(0, Y.encodeStateVector(this.doc)))
     })
     ws.on('message', (data) => this.receive(data))
     ws.on('error', (err) => countError(`error: ${errorText(err)}`))
@@ -209,18 +368,34 @@ class LightClient {
     })
   }
 
+  // Hocuspocus framing: the document name, then the message type; Auth answers are read, and
+  // sync status acks, awareness and stateless messages ignored, like the y-websocket ones.
   receive (data) {
     const decoder = decoding.createDecoder(data)
-    if (decoding.readVarUint(decoder) !== 0) return // awareness and queries: ignored
+    if (this.hocuspocus) {
+      if (decoding.readVarString(decoder) !== this.room) return
+      const type = decoding.readVarUint(decoder)
+      if (type === 2) {
+        const auth = decoding.readVarUint(decoder)
+        if (auth === 0) this.ws.send(this.authMessage()) // the server asks for the token again
+        if (auth === 1) countError(`permission denied: ${decoding.readVarString(decoder)}`)
+        return
+      }
+      if (type !== 0 && type !== 4) return // 4: SyncReply, a sync message
+    } else if (decoding.readVarUint(decoder) !== 0) {
+      return // awareness and queries: ignored
+    }
     const kind = decoding.readVarUint(decoder)
     const payload = decoding.readVarUint8Array(decoder)
     if (kind === 0) {
-      this.ws.send(syncMessage(1, Y.encodeStateAsUpdate(this.doc, payload)))
+      this.ws.send(this.syncMessage(1, Y.encodeStateAsUpdate(this.doc, payload)))
       return
     }
     const { from, to } = Y.parseUpdateMeta(payload)
     const t = now()
+    const own = this.doc.clientID
     to.forEach((end, client) => {
+      if (client === own) return
       // A server that drops a message to a slow client (and closes it) may deliver later ones
       // first; the resync after the reconnect fills the gap, as a stock client's pending
       // structs would.
@@ -258,38 +433,25 @@ class LightClient {
   }
 
   connect (timeoutMs) {
-    return new Promise((resolve) => {
-      const started = now()
-      const timer = setTimeout(() => {
-        this.onSynced = null
-        countError('handshake timeout')
-        resolve(null)
-      }, timeoutMs)
-      this.onSynced = () => {
-        clearTimeout(timer)
-        this.onSynced = null
-        resolve(now() - started)
-      }
-      this.open()
-    })
+    return handshake(this, timeoutMs, () => this.open())
   }
 }
 
-const syncMessage = (kind, payload) => {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, 0)
-  encoding.writeVarUint(encoder, kind)
-  encoding.writeVarUint8Array(encoder, payload)
-  return encoding.toUint8Array(encoder)
-}
+const STOCK = { 'y-websocket': YWebsocketClient, hocuspocus: HocuspocusClient }
 
 async function connect (cmd) {
+  loadModules(cmd.modules_dir)
+  const protocol = cmd.protocol ?? 'y-websocket'
+  if (!PROTOCOLS.includes(protocol)) throw new Error(`unknown protocol ${JSON.stringify(protocol)}`)
   const awareness = cmd.awareness !== false
   const deflate = cmd.deflate !== false
   const specs = cmd.clients
   if (!Array.isArray(specs)) throw new Error('"clients" must be a list')
+  const Stock = STOCK[protocol]
   const mine = specs.map((spec) =>
-    spec.light ? new LightClient(spec, cmd.url, deflate) : new Client(spec, cmd.url, awareness, deflate)
+    spec.light
+      ? new LightClient(spec, cmd.url, deflate, protocol)
+      : new Stock(spec, cmd.url, awareness, deflate)
   )
   clients.push(...mine)
   const handshakes = []
@@ -312,6 +474,7 @@ async function connect (cmd) {
     failed,
     not_started: mine.length - next,
     handshake_ms: handshakes,
+    deflate: mine.filter((c) => c.syncedOnce && c.deflate()).length,
     started_at: startedAt,
     finished_at: now()
   }
@@ -370,7 +533,7 @@ async function waitConverged (cmd) {
     await sleep(20)
     converged = clients.every((c) => holdsAll(c, expected))
   }
-  const full = clients.filter((c) => c instanceof Client)
+  const full = clients.filter((c) => c.full)
   const docs = full.map((c) => {
     const content = c.doc.getText(root).toString()
     return {
