@@ -64,6 +64,7 @@ def draw(ws: dict[str, Any] | None, http: dict[str, Any] | None, out: Path) -> P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels: list[tuple[str, str, dict[str, list[tuple[float, float]]] | None]] = [
         (
@@ -97,6 +98,10 @@ def draw(ws: dict[str, Any] | None, http: dict[str, Any] | None, out: Path) -> P
             ax.plot(xs, ys, style, label=label, linewidth=2 if style == "-o" else 1)
         ax.set_yscale("log")
         ax.set_xscale("log")
+        ticks = sorted({x for points in series.values() for x, _ in points})
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     commit = ""
