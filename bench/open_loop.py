@@ -700,19 +700,11 @@ idle = the Node processes; other = the rest of the machine; machine = all cores.
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "met" if value else "**missed**"
-    if isinstance(value, float):
-        return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return report.md_cell(value, "met", "**missed**")
 
 
 def _row(cells: list[Any]) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+    return report.md_row(cells, "met", "**missed**")
 
 
 def _errors(e: dict[str, Any]) -> str:

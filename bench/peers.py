@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from bench.server_process import free_port
+from bench.server_process import free_port, terminate
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 NODE_MODULES = PEERS_DIR / "node_modules"
@@ -203,15 +202,8 @@ class RunningPeer:
         if self._stopped:
             return
         self._stopped = True
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.shutdown_s = round(time.monotonic() - t0, 3)
+        shutdown_s = terminate(self.proc, grace)
+        self.shutdown_s = shutdown_s
         self.exit_code = self.proc.returncode
 
 

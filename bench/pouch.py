@@ -16,7 +16,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -167,17 +166,10 @@ class PouchProcess:
     def stop(self, grace: float = 10.0) -> None:
         if self.proc is None or self.exit_code is not None:
             return
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        shutdown_s = server_process.terminate(self.proc, grace)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        self.shutdown_s = round(time.monotonic() - t0, 3)
+        self.shutdown_s = shutdown_s
         self.exit_code = self.proc.returncode
 
     def log_tail(self, lines: int = 40) -> str:

@@ -172,6 +172,24 @@ def saturation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def md_cell(value: Any, yes: str = "yes", no: str = "**NO**") -> str:
+    """A Markdown table cell: "-" for None, `yes`/`no` for booleans, 1 or 2 decimals for
+    floats, thousands separators for integers."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return yes if value else no
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def md_row(cells: list[Any], yes: str = "yes", no: str = "**NO**") -> str:
+    return "| " + " | ".join(md_cell(c, yes, no) for c in cells) + " |"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

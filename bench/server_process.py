@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -125,15 +126,7 @@ class ServerProcess:
     def stop(self, grace: float = 10.0) -> None:
         if self.proc is None or self.exit_code is not None:
             return
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.shutdown_s = round(time.monotonic() - t0, 3)
+        self.shutdown_s = terminate(self.proc, grace)
         self.exit_code = self.proc.returncode
 
     def log_tail(self, lines: int = 40) -> str:
@@ -226,3 +219,16 @@ def create_database() -> tuple[str, str]:
 
 def drop_database(name: str) -> None:
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def terminate(proc: subprocess.Popen[Any], grace: float) -> float:
+    """SIGTERM, then SIGKILL after `grace` seconds; the seconds it took to exit."""
+    t0 = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return round(time.monotonic() - t0, 3)

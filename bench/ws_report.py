@@ -80,19 +80,11 @@ target's, in the same row of the same run (below 1: crdt-sync is faster or leane
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "**NO**"
-    if isinstance(value, float):
-        return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return report.md_cell(value)
 
 
 def _row(cells: list[Any]) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+    return report.md_row(cells)
 
 
 def _errors(row: dict[str, Any]) -> str:
