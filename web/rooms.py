@@ -298,12 +298,7 @@ class Room:
                 await self._flush(batch)
             except Exception:  # never let the flusher die silently: drop the room instead
                 log.exception("room %s/%s failed; dropping it", self.tenant_id, self.doc_id)
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(RuntimeError("the room failed"))
-                self.manager.discard(self)
-                for peer in list(self.peers):
-                    self._spawn(peer.close(CLOSE_SERVER_ERROR, "room failure"))
+                self._drop(batch, "the room failed", "room failure")
                 return
 
     async def _flush(self, batch: list[_Pending]) -> None:
@@ -345,9 +340,7 @@ class Room:
                             self.doc = await self._rebuilt([a.update for a in accepted])
                         except Exception:  # memory may be ahead of the store: drop the room
                             log.exception("rebuilding %s/%s failed", self.tenant_id, self.doc_id)
-                            self.manager.discard(self)
-                            for peer in list(self.peers):
-                                self._spawn(peer.close(CLOSE_SERVER_ERROR, "storage failure"))
+                            self._drop([], "", "storage failure")
                     continue
                 if want_archive and (item.archive_reason or self.doc.get_state() != before_state):
                     snapshots.append(
@@ -366,12 +359,7 @@ class Room:
             except BaseException as exc:
                 # Memory is now ahead of the store: drop the room, clients resend on reconnect.
                 log.exception("storing updates of %s/%s failed", self.tenant_id, self.doc_id)
-                for item in accepted:
-                    if not item.done.done():
-                        item.done.set_exception(RuntimeError("the update could not be stored"))
-                self.manager.discard(self)
-                for peer in list(self.peers):
-                    self._spawn(peer.close(CLOSE_SERVER_ERROR, "storage failure"))
+                self._drop(accepted, "the update could not be stored", "storage failure")
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 return
@@ -387,6 +375,16 @@ class Room:
             >= settings.compact_min_interval_s
         ):
             self._compacting = asyncio.create_task(self._compact())
+
+    def _drop(self, waiting: list[_Pending], error: str, reason: str) -> None:
+        """Memory may be ahead of the store: fail what waits, forget the room and close its
+        clients (1011); they resync from the store on reconnect."""
+        for item in waiting:
+            if not item.done.done():
+                item.done.set_exception(RuntimeError(error))
+        self.manager.discard(self)
+        for peer in list(self.peers):
+            self._spawn(peer.close(CLOSE_SERVER_ERROR, reason))
 
     def _broadcast_batch(self, accepted: list[_Pending]) -> None:
         """Forward what one flush stored as ONE update message to every client.
