@@ -275,8 +275,7 @@ def device_specs(secret: str | None, tenant: str, workload: str, count: int) -> 
     ]
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+_log = report.log
 
 
 @dataclass
@@ -406,8 +405,8 @@ def run_pouchdb(cfg: Config, out: Outcome) -> None:
 def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]:
     return {
         "meta": {
-            "started_at": started.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "started_at": report.stamp(started),
+            "finished_at": report.stamp(datetime.now(UTC)),
             "command": cfg.command,
             "commit": report.git_commit(),
             "machine": report.machine_info(),

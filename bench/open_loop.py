@@ -227,8 +227,7 @@ def parse_args(argv: list[str]) -> Config:
     return cfg
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+_log = report.log
 
 
 def _token(secret: str, tenant: str, user: str, role: str) -> str:
@@ -620,24 +619,12 @@ async def run(cfg: Config, out: Outcome) -> None:
             await asyncio.to_thread(server_process.drop_database, db_name)
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def build_result(
     cfg: Config, out: Outcome, started: datetime, load0: tuple[float, ...], nofile: Any
 ) -> dict[str, Any]:
     return {
         "meta": {
-            "started_at": _stamp(started),
-            "finished_at": _stamp(datetime.now(UTC)),
-            "command": cfg.command,
-            "commit": report.git_commit(),
-            "machine": report.machine_info(),
-            "postgresql_version": out.pg_version,
-            "loadavg_at_start": list(load0),
-            "loadavg_at_end": list(os.getloadavg()),
-            "nofile": list(nofile),
+            **report.run_meta(cfg.command, started, load0, nofile, out.pg_version),
             "params": {
                 "backend": cfg.backend,
                 "devices": cfg.devices,

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,36 @@ def saturation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for (t, b, e), row in best.items()
     ]
+
+
+def log(msg: str) -> None:
+    """Progress lines go to stderr; stdout carries the report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def run_meta(
+    command: str,
+    started: datetime,
+    load0: tuple[float, ...],
+    nofile: Any,
+    pg_version: Any,
+) -> dict[str, Any]:
+    """What every benchmark's JSON says about its run: when, what, which commit, where."""
+    return {
+        "started_at": stamp(started),
+        "finished_at": stamp(datetime.now(UTC)),
+        "command": command,
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "postgresql_version": pg_version,
+        "loadavg_at_start": list(load0),
+        "loadavg_at_end": list(os.getloadavg()),
+        "nofile": list(nofile),
+    }
 
 
 def md_cell(value: Any, yes: str = "yes", no: str = "**NO**") -> str:

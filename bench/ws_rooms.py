@@ -241,8 +241,7 @@ def parse_args(argv: list[str]) -> Config:
     )
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+_log = report.log
 
 
 @dataclass
@@ -508,26 +507,14 @@ def peer_meta(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def build_result(
     cfg: Config, out: Outcome, started: datetime, load0: tuple[float, ...], nofile: Any
 ) -> dict[str, Any]:
     return {
         "meta": {
-            "started_at": _stamp(started),
-            "finished_at": _stamp(datetime.now(UTC)),
-            "command": cfg.command,
-            "commit": report.git_commit(),
-            "machine": report.machine_info(),
+            **report.run_meta(cfg.command, started, load0, nofile, out.pg_version),
             "node": node_versions(),
             "peers": peer_meta(cfg),
-            "postgresql_version": out.pg_version,
-            "loadavg_at_start": list(load0),
-            "loadavg_at_end": list(os.getloadavg()),
-            "nofile": list(nofile),
             "params": {
                 "targets": cfg.targets,
                 "backends": cfg.backends,
