@@ -172,14 +172,34 @@ async def refused(c: YjsClient) -> int | None:
 # -- 1. convergence -----------------------------------------------------------------------------
 
 
+def use_send_path(server: Server, path: str) -> None:
+    """Rooms write each client's socket themselves (`direct`, ws_direct) or go through a send
+    queue and task per client and the ASGI send (`queued`, used where the server allows no
+    direct writes)."""
+    server.runtime.extras["room_settings"].direct_writes = path == "direct"
+
+
+def room_peers(server: Server, tenant: str, doc_id: str) -> set[Any]:
+    room = server.runtime.extras["rooms"].rooms.get((tenant, doc_id))
+    return set(room.peers) if room else set()
+
+
+SEND_PATHS = pytest.mark.parametrize("send_path", ["direct", "queued"])
+
+
+@SEND_PATHS
 @pytest.mark.parametrize("editors", [2, 10])
-async def test_concurrent_editors_converge(server: Server, editors: int) -> None:
+async def test_concurrent_editors_converge(server: Server, editors: int, send_path: str) -> None:
     need_node()
+    use_send_path(server, send_path)
     token = server.token("acme", "alice", "author")
     clients = await asyncio.gather(
         *(client(server, "doc-conv", token, name=f"editor{i}") for i in range(editors))
     )
     try:
+        peers = room_peers(server, "acme", "doc-conv")
+        assert len(peers) == editors
+        assert {p.writes_directly for p in peers} == {send_path == "direct"}
         pool = string.ascii_letters + string.digits
         size = len(pool) // editors
         alphabets = [pool[i * size : (i + 1) * size] for i in range(editors)]
@@ -528,11 +548,15 @@ async def test_garbage_closes_only_that_connection(small_server: Server) -> None
 # -- 4. a client that stops reading -------------------------------------------------------------
 
 
-async def test_slow_client_is_disconnected_others_unaffected(server: Server) -> None:
+@SEND_PATHS
+async def test_slow_client_is_disconnected_others_unaffected(
+    server: Server, send_path: str
+) -> None:
     """Bounded send queue: a reader that falls behind is closed with 1013 and gets the close
-    frame once it reads again; one that never reads leaves the room all the same."""
+    frame once it reads again; one that never reads leaves the room all the same. Directly
+    written clients are bounded by what their transport holds beyond the kernel's buffer."""
     need_node()
-    rooms = server.runtime.extras["rooms"]
+    use_send_path(server, send_path)
     server.runtime.extras["room_settings"].send_queue = 8
     token = server.token("acme", "alice", "author")
     a, b = await asyncio.gather(
@@ -546,15 +570,16 @@ async def test_slow_client_is_disconnected_others_unaffected(server: Server) -> 
     try:
         assert slow.status == stuck.status == 101
 
-        def room_peers() -> set[Any]:
-            room = rooms.rooms.get(("acme", "doc-slow"))
-            return set(room.peers) if room else set()
-
         async def joined() -> dict[str, Any]:
-            found = {p.user_id: p for p in room_peers() if p.user_id in ("slow", "stuck")}
+            found = {
+                p.user_id: p
+                for p in room_peers(server, "acme", "doc-slow")
+                if p.user_id in ("slow", "stuck")
+            }
             return found if len(found) == 2 else {}
 
         peers = await poll(joined, what="the raw clients in the room")
+        assert {p.writes_directly for p in peers.values()} == {send_path == "direct"}
         chunk = 256 * 1024
         total = 0
         for n in range(80):  # at most 20 MiB; the kernel buffers hold a few MiB
@@ -581,7 +606,8 @@ async def test_slow_client_is_disconnected_others_unaffected(server: Server) -> 
         assert not a.has_event("closed") and not b.has_event("closed")
 
         async def released() -> bool:
-            return not room_peers() & set(peers.values()) and len(room_peers()) == 2
+            now = room_peers(server, "acme", "doc-slow")
+            return not now & set(peers.values()) and len(now) == 2
 
         # the server lets go of the stuck one although it still reads nothing
         await poll(released, timeout=10, what="the slow clients to leave the room")

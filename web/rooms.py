@@ -46,6 +46,7 @@ from crdt_sync.registry import YDOC_TYPE
 from crdt_sync.services import new_snapshot_id
 from crdt_sync.vector_clock import SERVER_NODE, VectorClock
 from protocol import yprotocol as yp
+from web.ws_direct import DirectSocket, binary_frame
 
 log = logging.getLogger("crdt_sync.rooms")
 
@@ -62,6 +63,9 @@ MAX_QUEUED_UPDATES = 256
 class RoomSettings:
     send_queue: int = 2048  # messages queued for one client
     send_queue_bytes: int = 32 * 1024 * 1024  # and their bytes: whichever fills first
+    # write each client's socket from the room (one frame for all, see ws_direct) where the
+    # server allows it; off: a queue and a send task per client through the ASGI send
+    direct_writes: bool = True
     unload_after_s: float = 30.0
     awareness_tick_s: float = 0.05  # awareness changes: one relay per room this often
     awareness_renew_s: float = 10.0  # unchanged renewals: this often (y-protocols expires at 30 s)
@@ -110,10 +114,14 @@ class Peer:
         user_id: str,
         queue_size: int,
         queue_bytes: int = 32 * 1024 * 1024,
+        direct: DirectSocket | None = None,
     ) -> None:
         self._send = send
+        self._direct = direct
+        self._max_messages = queue_size
         self._max_bytes = queue_bytes
         self.queued_bytes = 0
+        self._backlog = 0  # direct: messages written while the socket buffer was not empty
         self._close = close
         self.writable = writable
         self.device_id = device_id
@@ -124,8 +132,13 @@ class Peer:
         self.closed = False
         self.sender: asyncio.Task[None] | None = None
 
+    @property
+    def writes_directly(self) -> bool:
+        return self._direct is not None
+
     def start(self) -> None:
-        self.sender = asyncio.create_task(self._pump())
+        if self._direct is None:  # a direct socket is written in place: no send task
+            self.sender = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
         while True:
@@ -138,10 +151,13 @@ class Peer:
             except Exception:  # the socket is gone; the receive side cleans up
                 return
 
-    def offer(self, message: bytes) -> bool:
-        """Queue a message; False when the client is too far behind (count or bytes)."""
+    def offer(self, message: bytes, frame: bytes | None = None) -> bool:
+        """Send a message (`frame`: it already framed, see `ws_direct`); False when the client
+        is too far behind (count or bytes), and the caller closes it."""
         if self.closed:
             return True
+        if self._direct is not None:
+            return self._write(self._direct, binary_frame(message) if frame is None else frame)
         if self.queued_bytes + len(message) > self._max_bytes:
             return False
         try:
@@ -149,6 +165,21 @@ class Peer:
         except asyncio.QueueFull:
             return False
         self.queued_bytes += len(message)
+        return True
+
+    def _write(self, direct: DirectSocket, frame: bytes) -> bool:
+        """The same bound as the queue's: what the transport holds beyond the kernel's buffer
+        is this client's backlog, in bytes and in messages written since it last emptied."""
+        if not direct.open():  # closing: the receive side cleans up
+            return True
+        buffered = direct.buffered()
+        if buffered == 0:
+            self._backlog = 0
+        elif self._backlog >= self._max_messages or buffered + len(frame) > self._max_bytes:
+            return False
+        else:
+            self._backlog += 1
+        direct.write(frame)
         return True
 
     async def close(self, code: int, reason: str) -> None:
@@ -465,10 +496,11 @@ class Room:
         await self._compacting
 
     def broadcast(self, message: bytes, exclude: Peer | None = None) -> None:
+        frame = binary_frame(message)  # encoded once for every directly written client
         for peer in list(self.peers):
             if peer is exclude or peer.closed:
                 continue
-            if not peer.offer(message):
+            if not peer.offer(message, frame):
                 self._spawn(peer.close(CLOSE_TOO_SLOW, "send queue overflow"))
 
     # -- connections --------------------------------------------------------------------

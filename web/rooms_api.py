@@ -27,6 +27,7 @@ from web.runtime import (
     require_bound_device,
     runtime,
 )
+from web.ws_direct import direct_socket
 
 rooms_bp = Blueprint("rooms", __name__, url_prefix="/sync/v1")
 admin_docs_bp = Blueprint("admin_docs", __name__, url_prefix="/admin/v1")
@@ -91,13 +92,18 @@ def _refused(status: int) -> NoReturn:
     abort(status)
 
 
-def _direct_send(ws: Any) -> Callable[[bytes], Awaitable[None]]:
+def _asgi_send(ws: Any) -> Any:
+    """The ASGI send behind an accepted Quart websocket (the first argument Quart keeps in its
+    `_send` partial), or None."""
+    quart_send = getattr(ws, "_send", None)
+    return getattr(quart_send, "args", (None,))[0] if quart_send is not None else None
+
+
+def _direct_send(asgi_send: Any, ws: Any) -> Callable[[bytes], Awaitable[None]]:
     """Quart's `websocket.send` yields to the loop (`sleep(0)`), re-checks the accept and
     fires a signal on every message; a room sends one message per client per flush, so that
-    is a loop iteration per delivery. After `accept()`, the ASGI send itself is all we need
-    (Quart keeps it as the first argument of its `_send` partial); Quart's path otherwise."""
-    quart_send = getattr(ws, "_send", None)
-    asgi_send = getattr(quart_send, "args", (None,))[0] if quart_send is not None else None
+    is a loop iteration per delivery. After `accept()`, the ASGI send itself is all we need;
+    Quart's path otherwise. (Under Hypercorn the room writes the socket itself: ws_direct.)"""
     if not callable(asgi_send):
         return ws.send  # type: ignore[no-any-return]
 
@@ -128,14 +134,16 @@ async def room_socket(doc_id: str) -> None:
             if handler is not None and handler is not asyncio.current_task():
                 handler.cancel()
 
+    asgi_send = _asgi_send(ws)
     peer = Peer(
-        _direct_send(ws),
+        _direct_send(asgi_send, ws),
         close,
         writable=principal.has(*WRITERS),
         device_id=principal.device_id,
         user_id=principal.user_id,
         queue_size=rt.extras["room_settings"].send_queue,
         queue_bytes=rt.extras["room_settings"].send_queue_bytes,
+        direct=direct_socket(asgi_send) if rt.extras["room_settings"].direct_writes else None,
     )
     rooms = manager()
     max_message = rt.config.limits.for_tenant(principal.tenant_id).ws_max_message_bytes
