@@ -149,33 +149,47 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def decode_awareness(update: bytes) -> list[AwarenessEntry]:
+def read_awareness(update: bytes) -> list[tuple[int, int, bytes]]:
+    """The entries of an awareness update as (client id, clock, state JSON as sent), without
+    parsing the JSON: a room skips most entries it receives (every y-websocket client sends
+    back what it is relayed) and parses only the news, with `awareness_state`."""
     reader = Reader(update)
     count = reader.varuint()
     if count > 10_000:
         raise YProtocolError("too many awareness entries")
-    entries = []
-    for _ in range(count):
-        client_id = reader.varuint()
-        clock = reader.varuint()
-        text = reader.varstring()
-        try:
-            state = json.loads(text, parse_constant=_not_json)
-        except (ValueError, RecursionError):  # deep nesting exhausts the parser's recursion
-            raise YProtocolError("awareness state is not JSON") from None
-        entries.append(AwarenessEntry(client_id, clock, state))
+    entries = [(reader.varuint(), reader.varuint(), reader.varbytes()) for _ in range(count)]
     if not reader.done():
         raise YProtocolError("trailing bytes after the awareness update")
     return entries
 
 
+def awareness_state(raw: bytes) -> Any:
+    """An entry's state, refusing what is not JSON (None: the client left)."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+    except UnicodeDecodeError:
+        raise YProtocolError("invalid UTF-8 string") from None
+    except (ValueError, RecursionError):  # deep nesting exhausts the parser's recursion
+        raise YProtocolError("awareness state is not JSON") from None
+
+
+def decode_awareness(update: bytes) -> list[AwarenessEntry]:
+    return [
+        AwarenessEntry(client_id, clock, awareness_state(raw))
+        for client_id, clock, raw in read_awareness(update)
+    ]
+
+
+def awareness_entry(client_id: int, clock: int, raw: bytes) -> bytes:
+    """One entry as encoded in an awareness update (state JSON as given)."""
+    return varuint(client_id) + varuint(clock) + varbytes(raw)
+
+
 def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
-    out = bytearray(varuint(len(entries)))
-    for entry in entries:
-        out += varuint(entry.client_id)
-        out += varuint(entry.clock)
-        out += varbytes(json.dumps(entry.state, separators=(",", ":")).encode())
-    return bytes(out)
+    return varuint(len(entries)) + b"".join(
+        awareness_entry(e.client_id, e.clock, json.dumps(e.state, separators=(",", ":")).encode())
+        for e in entries
+    )
 
 
 def decode_state_vector(data: bytes) -> dict[int, int]:

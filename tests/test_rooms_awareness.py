@@ -12,6 +12,7 @@ import pytest
 from protocol import yprotocol as yp
 from tests.conftest import Server
 from tests.test_rooms import RawWs
+from web.rooms import CLOSE_PROTOCOL_ERROR
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +40,12 @@ async def relayed(ws: RawWs, seconds: float) -> list[list[yp.AwarenessEntry]]:
         if message.type is yp.MessageType.AWARENESS:
             out.append(yp.decode_awareness(message.payload))
     return out
+
+
+def received(ws: RawWs) -> list[list[yp.AwarenessEntry]]:
+    """Every awareness message `ws` has received since it opened (its greeting included)."""
+    decoded = [yp.decode(m) for m in ws.messages if isinstance(m, bytes)]
+    return [yp.decode_awareness(m.payload) for m in decoded if m.type is yp.MessageType.AWARENESS]
 
 
 async def test_awareness_changes_batched_and_renewals_deferred(server: Server) -> None:
@@ -81,3 +88,82 @@ async def test_awareness_changes_batched_and_renewals_deferred(server: Server) -
     finally:
         for ws in (b, watcher):
             await ws.aclose()
+
+
+async def test_stale_copies_and_echoes_change_nothing(server: Server) -> None:
+    """y-protocols' rule: an entry counts only with a newer clock. Every y-websocket client
+    sends back what it is relayed; those copies (and late, older ones) must neither be relayed
+    again, nor roll a state back, nor make the sender the owner of another client's state."""
+    settings = server.runtime.extras["room_settings"]
+    settings.awareness_tick_s = 0.2
+    settings.awareness_renew_s = 0.5
+    room = "doc-awareness-stale"
+    a, b, watcher = [
+        await RawWs.open(server, room, server.token("acme", user, "author"))
+        for user in ("alice", "bob", "carol")
+    ]
+    late: RawWs | None = None
+    try:
+        await relayed(watcher, 0.3)
+        await a.send(awareness([(101, 3, {"user": "alice", "cursor": 9})]))
+        assert [(e.client_id, e.clock) for m in await relayed(watcher, 1.0) for e in m] == [
+            (101, 3)
+        ]
+        # bob echoes alice's state (same clock) and sends an older copy (lower clock)
+        await b.send(awareness([(101, 3, {"user": "alice", "cursor": 9})]))
+        await b.send(awareness([(101, 2, {"user": "alice", "cursor": 1})]))
+        assert await relayed(watcher, 1.2) == []  # no change, and no renewal either
+        late = await RawWs.open(server, room, server.token("acme", "dave", "author"))
+        await relayed(late, 0.5)
+        assert [(e.client_id, e.clock, e.state) for m in received(late) for e in m] == [
+            (101, 3, {"user": "alice", "cursor": 9})
+        ]
+        # bob leaving does not remove alice's state: the echo did not make it bob's
+        await b.aclose()
+        assert await relayed(watcher, 1.0) == []
+        # alice leaving does; a late copy of her old state does not bring her back
+        await a.aclose()
+        gone, _ = await asyncio.gather(relayed(watcher, 1.0), relayed(late, 1.0))
+        assert [(e.client_id, e.state) for m in gone for e in m] == [(101, None)]
+        await watcher.send(awareness([(101, 3, {"user": "alice", "cursor": 9})]))
+        assert await relayed(late, 1.2) == []
+        fresh = await RawWs.open(server, room, server.token("acme", "erin", "author"))
+        try:
+            await relayed(fresh, 0.5)
+            assert received(fresh) == []  # nobody's awareness left to greet with
+        finally:
+            await fresh.aclose()
+    finally:
+        for ws in (b, watcher, late):
+            if ws is not None:
+                await ws.aclose()
+
+
+async def test_relayed_states_keep_their_clients_bytes(server: Server) -> None:
+    """States are relayed as their client wrote them (validated, not re-encoded), so a
+    receiving y-websocket client re-encodes them to the same bytes; invalid JSON still closes
+    the sender."""
+    settings = server.runtime.extras["room_settings"]
+    settings.awareness_tick_s = 0.1
+    room = "doc-awareness-bytes"
+    a, watcher = [
+        await RawWs.open(server, room, server.token("acme", user, "author"))
+        for user in ("alice", "carol")
+    ]
+    try:
+        await relayed(watcher, 0.3)
+        raw = '{"user":{"name":"Zoë","color":"#30bced"}}'.encode()
+        entry = yp.awareness_entry(7, 1, raw)
+        await a.send(yp.awareness_message(yp.varuint(1) + entry))
+        await relayed(watcher, 0.6)
+        last = next(
+            yp.decode(m)
+            for m in reversed(watcher.messages)
+            if isinstance(m, bytes) and yp.decode(m).type is yp.MessageType.AWARENESS
+        )
+        assert last.payload == yp.varuint(1) + entry
+        await a.send(yp.awareness_message(yp.varuint(1) + yp.awareness_entry(7, 2, b"{nope")))
+        assert await a.wait_closed(timeout=5) == CLOSE_PROTOCOL_ERROR
+    finally:
+        await a.aclose()
+        await watcher.aclose()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -57,6 +58,10 @@ CLOSE_SERVER_ERROR = 1011
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009  # over the tenant's message size limit
 MAX_QUEUED_UPDATES = 256
+# awareness copies clients send back, recognised without parsing: kept for this many relays,
+# with the "own entry left out" variants for relays of up to this many entries
+ECHO_RELAYS = 8
+ECHO_VARIANTS_MAX = 256
 
 
 @dataclass
@@ -221,8 +226,13 @@ class Room:
         self.doc_id = doc_id
         self.doc: Doc[Any] = Doc()
         self.peers: set[Peer] = set()
-        self.awareness: dict[int, yp.AwarenessEntry] = {}
-        self._awareness_changed: dict[int, yp.AwarenessEntry] = {}
+        # client id -> (clock, state JSON as its client sent it) of the clients present, and
+        # the last clock of every client seen (also those gone: y-protocols keeps them too, so
+        # a late copy of an old state cannot bring a client back)
+        self.awareness: dict[int, tuple[int, bytes]] = {}
+        self._awareness_clocks: dict[int, int] = {}
+        self._awareness_changed: dict[int, tuple[int, bytes]] = {}
+        self._echoes: collections.deque[set[int]] = collections.deque(maxlen=ECHO_RELAYS)
         self._awareness_renewed: set[int] = set()
         self._awareness_tick: asyncio.TimerHandle | None = None
         self._awareness_renewal: asyncio.TimerHandle | None = None
@@ -508,8 +518,12 @@ class Room:
     async def greet(self, peer: Peer) -> None:
         """What the server sends first: its sync step 1 and the current awareness."""
         peer.offer(yp.sync_step1(self.doc.get_state()))
+        self._send_awareness(peer)
+
+    def _send_awareness(self, peer: Peer) -> None:
         if self.awareness:
-            peer.offer(yp.awareness_message(yp.encode_awareness(list(self.awareness.values()))))
+            payload = self._awareness_payload(list(self.awareness.items()), own_left_out=False)
+            peer.offer(yp.awareness_message(payload))
 
     async def receive(self, peer: Peer, data: bytes) -> None:
         """Handle one message from a client; raises YProtocolError on garbage."""
@@ -529,22 +543,9 @@ class Room:
                     # must not break the flusher's set_result.
                     await asyncio.shield(done)
         elif message.type is yp.MessageType.AWARENESS:
-            for entry in yp.decode_awareness(message.payload):
-                known = self.awareness.get(entry.client_id)
-                if entry.state is None:
-                    self.awareness.pop(entry.client_id, None)
-                    peer.awareness_ids.discard(entry.client_id)
-                    self._awareness_changed[entry.client_id] = entry
-                else:
-                    self.awareness[entry.client_id] = entry
-                    peer.awareness_ids.add(entry.client_id)
-                    if known is None or known.state != entry.state:
-                        self._awareness_changed[entry.client_id] = entry
-                    else:  # a renewal: same state, next clock (every 15 s per client)
-                        self._awareness_renewed.add(entry.client_id)
-            self._schedule_awareness()
+            self._receive_awareness(peer, message.payload)
         elif message.type is yp.MessageType.QUERY_AWARENESS:
-            peer.offer(yp.awareness_message(yp.encode_awareness(list(self.awareness.values()))))
+            self._send_awareness(peer)
 
     async def _answer_step1(self, peer: Peer, state_vector: bytes) -> None:
         client = yp.decode_state_vector(state_vector)
@@ -559,12 +560,62 @@ class Room:
         peer.pending_merge = peer.writable and client_ahead and server_ahead
         peer.offer(yp.sync_step2(diff))
 
+    # Awareness follows y-protocols: an entry counts only with a clock above the last one
+    # seen for its client (or the same clock and a null state: a removal). Every y-websocket
+    # client sends back each awareness update it is relayed (its provider broadcasts every
+    # awareness "update", not only local ones), so most entries a room receives are copies of
+    # what it sent; they change nothing, and their JSON is not even parsed.
+
+    def _receive_awareness(self, peer: Peer, payload: bytes) -> None:
+        if any(hash(payload) in echoes for echoes in self._echoes):
+            return  # the copy of a relay that this client was expected to send back
+        clocks = self._awareness_clocks
+        for cid, clock, raw in yp.read_awareness(payload):
+            known = clocks.get(cid, 0)
+            present = self.awareness.get(cid)
+            removal = raw.strip() == b"null"
+            if not (clock > known or (clock == known and removal and present is not None)):
+                continue  # stale, or a copy of what we have
+            if not removal:
+                removal = yp.awareness_state(raw) is None  # refuses what is not JSON
+            clocks[cid] = clock
+            if removal:
+                peer.awareness_ids.discard(cid)
+                if self.awareness.pop(cid, None) is not None:
+                    self._awareness_changed[cid] = (clock, b"null")
+                continue
+            self.awareness[cid] = (clock, raw)
+            peer.awareness_ids.add(cid)
+            if present is None or present[1] != raw:
+                self._awareness_changed[cid] = (clock, raw)
+            else:  # a renewal: same state, next clock (every 15 s per client)
+                self._awareness_renewed.add(cid)
+        self._schedule_awareness()
+
     def leave_awareness(self, peer: Peer) -> None:
         for cid in peer.awareness_ids:
             entry = self.awareness.pop(cid, None)
             if entry is not None:
-                self._awareness_changed[cid] = yp.AwarenessEntry(cid, entry.clock + 1, None)
+                self._awareness_clocks[cid] = entry[0] + 1
+                self._awareness_changed[cid] = (entry[0] + 1, b"null")
         self._schedule_awareness()
+
+    def _awareness_payload(
+        self, entries: list[tuple[int, tuple[int, bytes]]], *, own_left_out: bool
+    ) -> bytes:
+        """The awareness update of `entries`, noting what its receivers will send back: the
+        same bytes (states are relayed as their clients wrote them, and a client re-encodes a
+        state to exactly those bytes), or, for a relay, the same with each receiver's own entry
+        left out (a client does not take its own state from a relay). Kept for a few relays."""
+        parts = [yp.awareness_entry(cid, clock, raw) for cid, (clock, raw) in entries]
+        payload = yp.varuint(len(parts)) + b"".join(parts)
+        echoes = {hash(payload)}
+        if own_left_out and 1 < len(parts) <= ECHO_VARIANTS_MAX:
+            shorter = yp.varuint(len(parts) - 1)
+            for i in range(len(parts)):
+                echoes.add(hash(shorter + b"".join(parts[:i]) + b"".join(parts[i + 1 :])))
+        self._echoes.append(echoes)
+        return payload
 
     # Awareness is relayed in batches. Relaying every message to every client at once is
     # O(clients^2) per room: 10,000 idle clients in rooms of 100 renew their state every 15 s,
@@ -585,17 +636,19 @@ class Room:
 
     def _relay_changes(self) -> None:
         self._awareness_tick = None
-        entries, self._awareness_changed = list(self._awareness_changed.values()), {}
-        self._awareness_renewed.difference_update(e.client_id for e in entries)
+        entries, self._awareness_changed = list(self._awareness_changed.items()), {}
+        self._awareness_renewed.difference_update(cid for cid, _ in entries)
         if entries:
-            self.broadcast(yp.awareness_message(yp.encode_awareness(entries)))
+            payload = self._awareness_payload(entries, own_left_out=True)
+            self.broadcast(yp.awareness_message(payload))
 
     def _relay_renewals(self) -> None:
         self._awareness_renewal = None
         ids, self._awareness_renewed = self._awareness_renewed, set()
-        entries = [self.awareness[cid] for cid in ids if cid in self.awareness]
+        entries = [(cid, self.awareness[cid]) for cid in ids if cid in self.awareness]
         if entries:
-            self.broadcast(yp.awareness_message(yp.encode_awareness(entries)))
+            payload = self._awareness_payload(entries, own_left_out=True)
+            self.broadcast(yp.awareness_message(payload))
 
     def _stop_awareness(self) -> None:
         for handle in (self._awareness_tick, self._awareness_renewal):
