@@ -89,3 +89,21 @@ def test_ws_rooms_smoke_peer(tmp_path: Path, peer: str) -> None:
     assert proc.returncode == 0, log
     _check_rows(result, peer, log)
     assert result["meta"]["peers"][peer]["versions"], result["meta"]["peers"]
+
+
+def test_exit_status_fails_for_our_rows_and_reports_a_peers() -> None:
+    from bench.ws_rooms import exit_status
+
+    def result(target: str, converged: bool, connected: int) -> dict[str, Any]:
+        return {
+            "failures": [],
+            "fanout": [{"target": target, "converged": converged}],
+            "idle": [{"target": target, "connections": 10, "connected": connected}],
+        }
+
+    assert exit_status(result("crdt-sync", True, 10)) == 0
+    assert exit_status(result("crdt-sync", False, 10)) == 1
+    assert exit_status(result("crdt-sync", True, 9)) == 1
+    # a peer that falls over under the load is a measured finding, shown in its row
+    assert exit_status(result("pycrdt-websocket", False, 3)) == 0
+    assert exit_status({**result("hocuspocus", True, 10), "failures": [{"target": "x"}]}) == 1
