@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +150,15 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number too large for a double (1e999) parses to infinity in Python and in
+    JavaScript alike; re-encoded it would be the non-JSON `Infinity`: refused as well."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def read_awareness(update: bytes) -> list[tuple[int, int, bytes]]:
     """The entries of an awareness update as (client id, clock, state JSON as sent), without
     parsing the JSON: a room skips most entries it receives (every y-websocket client sends
@@ -166,7 +176,7 @@ def read_awareness(update: bytes) -> list[tuple[int, int, bytes]]:
 def awareness_state(raw: bytes) -> Any:
     """An entry's state, refusing what is not JSON (None: the client left)."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+        return json.loads(raw.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
     except UnicodeDecodeError:
         raise YProtocolError("invalid UTF-8 string") from None
     except (ValueError, RecursionError):  # deep nesting exhausts the parser's recursion

@@ -179,6 +179,7 @@ JSONISH = st.text(alphabet='[]{}":,0123456789.eE+-ntrufalsNaIiy \\u', max_size=4
 @example("NaN")
 @example("-Infinity")
 @example('{"x": Infinity}')
+@example("-1E999")
 def test_awareness_state_text_is_json_or_refused(text: str) -> None:
     update = yp.varuint(1) + yp.varuint(5) + yp.varuint(1) + yp.varbytes(text.encode())
     found = decodes_or_refuses(yp.decode_awareness, update)
@@ -189,7 +190,9 @@ def test_awareness_state_text_is_json_or_refused(text: str) -> None:
         assert b"Infinity" not in relayed
 
 
-@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", '{"x":[1,NaN]}'])
+@pytest.mark.parametrize(
+    "text", ["NaN", "Infinity", "-Infinity", '{"x":[1,NaN]}', "1e999", '{"x":[-2.5E400]}']
+)
 def test_awareness_state_must_be_json(text: str) -> None:
     """JSON has no NaN/Infinity; relayed, they would break JSON.parse in every other client."""
     update = yp.varuint(1) + yp.varuint(5) + yp.varuint(1) + yp.varbytes(text.encode())
