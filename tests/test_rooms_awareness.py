@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from protocol import yprotocol as yp
-from tests.conftest import Server
+from tests.conftest import Server, poll
+from tests.interop_client import YjsClient, close_all
+from tests.rooms_support import client, need_node
 from tests.test_rooms import RawWs
-from web.rooms import CLOSE_PROTOCOL_ERROR
+from web.rooms import CLOSE_PROTOCOL_ERROR, MAX_AWARENESS_IDS
 
 pytestmark = pytest.mark.anyio
 
@@ -109,8 +111,9 @@ async def test_stale_copies_and_echoes_change_nothing(server: Server) -> None:
         assert [(e.client_id, e.clock) for m in await relayed(watcher, 1.0) for e in m] == [
             (101, 3)
         ]
-        # bob echoes alice's state (same clock) and sends an older copy (lower clock)
-        await b.send(awareness([(101, 3, {"user": "alice", "cursor": 9})]))
+        # bob echoes alice's state (same clock) and sends an older copy (lower clock), in
+        # other bytes than relayed (key order), so the clock rule decides, not the echo cache
+        await b.send(awareness([(101, 3, {"cursor": 9, "user": "alice"})]))
         await b.send(awareness([(101, 2, {"user": "alice", "cursor": 1})]))
         assert await relayed(watcher, 1.2) == []  # no change, and no renewal either
         late = await RawWs.open(server, room, server.token("acme", "dave", "author"))
@@ -167,3 +170,103 @@ async def test_relayed_states_keep_their_clients_bytes(server: Server) -> None:
     finally:
         await a.aclose()
         await watcher.aclose()
+
+
+async def test_client_back_from_a_lost_connection_is_told_to_reannounce(server: Server) -> None:
+    """A client whose connection dropped comes back announcing its state with the clock it
+    had, which its removal already passed. The server answers with a removal at the clock it
+    holds; the client then re-announces with the next clock, which every other client takes."""
+    settings = server.runtime.extras["room_settings"]
+    settings.awareness_tick_s = 0.1
+    room = "doc-awareness-back"
+    a = await RawWs.open(server, room, server.token("acme", "alice", "author"))
+    watcher = await RawWs.open(server, room, server.token("acme", "carol", "author"))
+    back: RawWs | None = None
+    try:
+        await relayed(watcher, 0.3)
+        await a.send(awareness([(101, 3, {"user": "alice"})]))
+        assert [(e.client_id, e.clock) for m in await relayed(watcher, 0.5) for e in m] == [
+            (101, 3)
+        ]
+        await a.aclose()
+        gone = await relayed(watcher, 0.5)
+        assert [(e.client_id, e.clock, e.state) for m in gone for e in m] == [(101, 4, None)]
+
+        back = await RawWs.open(server, room, server.token("acme", "alice", "author"))
+        await relayed(back, 0.3)
+        await back.send(awareness([(101, 3, {"user": "alice"})]))  # what y-websocket does
+        told = await relayed(back, 0.5)
+        assert [(e.client_id, e.clock, e.state) for m in told for e in m] == [(101, 4, None)]
+        assert await relayed(watcher, 0.3) == []  # the stale announce is not relayed
+        await back.send(awareness([(101, 5, {"user": "alice"})]))  # y-protocols' answer
+        again = await relayed(watcher, 0.5)
+        assert [(e.client_id, e.clock, e.state) for m in again for e in m] == [
+            (101, 5, {"user": "alice"})
+        ]
+    finally:
+        for ws in (watcher, back):
+            if ws is not None:
+                await ws.aclose()
+
+
+async def test_stock_client_back_from_a_lost_connection_is_seen_at_once(server: Server) -> None:
+    """The same with stock y-websocket clients: after a reconnect the others see the client's
+    state again within a tick, not after two of its renewals (30 s)."""
+    need_node()
+    server.runtime.extras["room_settings"].awareness_tick_s = 0.05
+    room = "doc-awareness-stock-back"
+    clients: list[YjsClient] = []
+    try:
+        a = await client(server, room, server.token("acme", "alice", "author"))
+        clients.append(a)
+        watcher = await client(server, room, server.token("acme", "carol", "author"))
+        clients.append(watcher)
+        await a.command("awareness_set", state={"user": "alice"})
+
+        async def sees_alice() -> bool:
+            states = (await watcher.command("awareness_states"))["states"]
+            return {"user": "alice"} in states.values()
+
+        async def alice_gone() -> bool:
+            return not await sees_alice()
+
+        await poll(sees_alice, timeout=5, what="alice's state at the watcher")
+        await a.disconnect()
+        await poll(alice_gone, timeout=5, what="alice's removal at the watcher")
+        await a.connect()
+        await poll(sees_alice, timeout=3, what="alice's state after her reconnect")
+    finally:
+        await close_all(clients)
+
+
+async def test_one_connection_speaks_for_a_bounded_number_of_clients(server: Server) -> None:
+    """A connection claiming states for more client ids than any real client has is refused
+    as a protocol error, and nothing of that message is applied."""
+    settings = server.runtime.extras["room_settings"]
+    settings.awareness_tick_s = 0.1
+    room = "doc-awareness-cap"
+    ok = await RawWs.open(server, room, server.token("acme", "alice", "author"))
+    flood = await RawWs.open(server, room, server.token("acme", "mallory", "author"))
+    watcher = await RawWs.open(server, room, server.token("acme", "carol", "author"))
+    try:
+        await relayed(watcher, 0.3)
+        await ok.send(awareness([(cid, 1, {"n": cid}) for cid in range(1, 4)]))
+        assert len(await relayed(watcher, 0.5)) == 1
+        many = [(1000 + i, 1, {"n": i}) for i in range(MAX_AWARENESS_IDS + 1)]
+        await flood.send(awareness(many))
+        assert await flood.wait_closed(timeout=5) == CLOSE_PROTOCOL_ERROR
+        assert await relayed(watcher, 0.5) == []  # none of the flood reached anyone
+        late = await RawWs.open(server, room, server.token("acme", "dave", "author"))
+        try:
+            await relayed(late, 0.3)
+            greeted = sorted(e.client_id for m in received(late) for e in m)
+            assert greeted == [1, 2, 3]
+        finally:
+            await late.aclose()
+        # the limit is per connection: a client within it is untouched
+        await ok.send(awareness([(cid, 2, {"n": -cid}) for cid in range(1, 4)]))
+        assert len(await relayed(watcher, 0.5)) == 1
+        assert ok.close_code is None
+    finally:
+        for ws in (ok, flood, watcher):
+            await ws.aclose()

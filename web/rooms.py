@@ -59,9 +59,19 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009  # over the tenant's message size limit
 MAX_QUEUED_UPDATES = 256
 # awareness copies clients send back, recognised without parsing: kept for this many relays,
-# with the "own entry left out" variants for relays of up to this many entries
+# with the "own entry left out" variants of a relay while hashing them all stays under this
+# many bytes (a relay of n entries has n variants of its own size: the cost is quadratic)
 ECHO_RELAYS = 8
-ECHO_VARIANTS_MAX = 256
+ECHO_VARIANT_BYTES = 1 << 20
+# client ids one connection may speak for (a y-websocket client has one; a page with several
+# documents on one provider, a few); beyond it the connection is refused as a protocol error
+MAX_AWARENESS_IDS = 64
+# how long the last clock of a client that left is kept (late copies of its state come from
+# other clients' echoes within a relay or two, and its own reconnect within seconds)
+DEPARTED_KEEP_S = 60.0
+# direct writes: a client whose socket buffer drains below this is keeping up, and its count
+# of messages behind starts again
+DIRECT_LOW_WATER = 64 * 1024
 
 
 @dataclass
@@ -178,7 +188,7 @@ class Peer:
         if not direct.open():  # closing: the receive side cleans up
             return True
         buffered = direct.buffered()
-        if buffered == 0:
+        if buffered <= DIRECT_LOW_WATER:
             self._backlog = 0
         elif self._backlog >= self._max_messages or buffered + len(frame) > self._max_bytes:
             return False
@@ -186,6 +196,18 @@ class Peer:
             self._backlog += 1
         direct.write(frame)
         return True
+
+    @property
+    def unsent_bytes(self) -> int:
+        """What is written or queued for this client and not yet taken by its socket."""
+        return self._direct.buffered() if self._direct is not None else self.queued_bytes
+
+    def abort(self) -> None:
+        """Drop a client that does not even take its close frame (direct writes: with what its
+        socket still buffers; queued: the handler ending closes the connection)."""
+        self.closed = True
+        if self._direct is not None:
+            self._direct.abort()
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed:
@@ -231,6 +253,8 @@ class Room:
         # a late copy of an old state cannot bring a client back)
         self.awareness: dict[int, tuple[int, bytes]] = {}
         self._awareness_clocks: dict[int, int] = {}
+        self._awareness_owner: dict[int, Peer] = {}  # the connection that sent each state
+        self._departed: dict[int, float] = {}  # client id -> when it left, oldest first
         self._awareness_changed: dict[int, tuple[int, bytes]] = {}
         self._echoes: collections.deque[set[int]] = collections.deque(maxlen=ECHO_RELAYS)
         self._awareness_renewed: set[int] = set()
@@ -567,38 +591,86 @@ class Room:
     # what it sent; they change nothing, and their JSON is not even parsed.
 
     def _receive_awareness(self, peer: Peer, payload: bytes) -> None:
-        if any(hash(payload) in echoes for echoes in self._echoes):
-            return  # the copy of a relay that this client was expected to send back
+        if peer.awareness_ids and any(hash(payload) in echoes for echoes in self._echoes):
+            # the copy of a relay that this client was expected to send back (not so the first
+            # message of a connection: a client back from a lost one announces its own state,
+            # which may be the very bytes relayed before; see `returning` below)
+            return
         clocks = self._awareness_clocks
+        news: list[tuple[int, int, bytes, bool]] = []
+        returning: list[int] = []
         for cid, clock, raw in yp.read_awareness(payload):
             known = clocks.get(cid, 0)
-            present = self.awareness.get(cid)
+            present = cid in self.awareness
             removal = raw.strip() == b"null"
-            if not (clock > known or (clock == known and removal and present is not None)):
-                continue  # stale, or a copy of what we have
-            if not removal:
-                removal = yp.awareness_state(raw) is None  # refuses what is not JSON
-            clocks[cid] = clock
+            if clock > known or (clock == known and removal and present):
+                # refuses what is not JSON, before anything of the message is applied
+                news.append((cid, clock, raw, removal or yp.awareness_state(raw) is None))
+            elif not removal and not present and cid in self._departed:
+                returning.append(cid)
+        claimed = {cid for cid, _, _, removal in news if not removal} - peer.awareness_ids
+        if len(peer.awareness_ids) + len(claimed) > MAX_AWARENESS_IDS:
+            raise yp.YProtocolError("too many awareness client ids on one connection")
+        now = asyncio.get_running_loop().time()
+        for cid, clock, raw, removal in news:
+            present_entry = self.awareness.get(cid)
             if removal:
-                peer.awareness_ids.discard(cid)
-                if self.awareness.pop(cid, None) is not None:
+                if present_entry is None and cid not in clocks:
+                    continue  # never seen: nothing to remember it by
+                clocks[cid] = clock
+                if present_entry is not None:
+                    self._depart(cid, now)
                     self._awareness_changed[cid] = (clock, b"null")
                 continue
+            clocks[cid] = clock
+            self._departed.pop(cid, None)
+            owner = self._awareness_owner.get(cid)
+            if owner is not peer:
+                if owner is not None:
+                    owner.awareness_ids.discard(cid)
+                self._awareness_owner[cid] = peer
+                peer.awareness_ids.add(cid)
             self.awareness[cid] = (clock, raw)
-            peer.awareness_ids.add(cid)
-            if present is None or present[1] != raw:
+            if present_entry is None or present_entry[1] != raw:
                 self._awareness_changed[cid] = (clock, raw)
             else:  # a renewal: same state, next clock (every 15 s per client)
                 self._awareness_renewed.add(cid)
+        if returning:
+            # A client back from a lost connection announces its state with the clock it had,
+            # which its removal here already passed: y-protocols would ignore it until its
+            # second renewal (30 s). Told it was removed at that clock, a y-protocols client
+            # re-announces itself at once with the next one.
+            removed = [yp.awareness_entry(cid, clocks[cid], b"null") for cid in returning]
+            peer.offer(yp.awareness_message(yp.varuint(len(removed)) + b"".join(removed)))
         self._schedule_awareness()
 
     def leave_awareness(self, peer: Peer) -> None:
-        for cid in peer.awareness_ids:
-            entry = self.awareness.pop(cid, None)
+        now = asyncio.get_running_loop().time()
+        for cid in list(peer.awareness_ids):
+            if self._awareness_owner.get(cid) is not peer:
+                continue
+            entry = self.awareness.get(cid)
             if entry is not None:
                 self._awareness_clocks[cid] = entry[0] + 1
                 self._awareness_changed[cid] = (entry[0] + 1, b"null")
+                self._depart(cid, now)
+        peer.awareness_ids.clear()
         self._schedule_awareness()
+
+    def _depart(self, cid: int, now: float) -> None:
+        """`cid` is no longer present; its last clock is kept for `DEPARTED_KEEP_S`, and the
+        clocks of clients gone longer than that are forgotten (a busy room sees many)."""
+        self.awareness.pop(cid, None)
+        owner = self._awareness_owner.pop(cid, None)
+        if owner is not None:
+            owner.awareness_ids.discard(cid)
+        self._departed.pop(cid, None)
+        self._departed[cid] = now
+        for old, since in list(self._departed.items()):
+            if now - since < DEPARTED_KEEP_S:
+                break
+            del self._departed[old]
+            self._awareness_clocks.pop(old, None)
 
     def _awareness_payload(
         self, entries: list[tuple[int, tuple[int, bytes]]], *, own_left_out: bool
@@ -610,7 +682,7 @@ class Room:
         parts = [yp.awareness_entry(cid, clock, raw) for cid, (clock, raw) in entries]
         payload = yp.varuint(len(parts)) + b"".join(parts)
         echoes = {hash(payload)}
-        if own_left_out and 1 < len(parts) <= ECHO_VARIANTS_MAX:
+        if own_left_out and len(parts) > 1 and len(payload) * len(parts) <= ECHO_VARIANT_BYTES:
             shorter = yp.varuint(len(parts) - 1)
             for i in range(len(parts)):
                 echoes.add(hash(shorter + b"".join(parts[:i]) + b"".join(parts[i + 1 :])))

@@ -130,6 +130,9 @@ async def room_socket(doc_id: str) -> None:
         # socket buffer): give up waiting and end the handler, so it leaves the room anyway.
         try:
             await asyncio.wait_for(ws.close(code, reason), CLOSE_WAIT_S)
+        except TimeoutError:
+            peer.abort()  # and free what its socket still holds
+            raise
         finally:
             if handler is not None and handler is not asyncio.current_task():
                 handler.cancel()

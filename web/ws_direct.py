@@ -18,6 +18,7 @@ so they interleave only between frames.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from wsproto.connection import ConnectionState
@@ -57,7 +58,14 @@ class DirectSocket:
         return self._transport.get_write_buffer_size()
 
     def write(self, frame: bytes) -> None:
-        self._transport.write(frame)
+        # a transport that started closing between open() and here refuses the write: the
+        # receive side cleans up, as for any client that went away
+        with contextlib.suppress(RuntimeError):
+            self._transport.write(frame)
+
+    def abort(self) -> None:
+        """Drop the connection and what it still buffers (a client that stopped reading)."""
+        self._transport.abort()
 
 
 def direct_socket(asgi_send: Any) -> DirectSocket | None:
