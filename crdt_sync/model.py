@@ -85,6 +85,32 @@ class EntityState:
         return "delete" if self.deleted else "put"
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a pull page as the store holds it: payload and clock stay the canonical
+    JSON they were stored as (`canonical_json`), so a page of hundreds of changes is served
+    without decoding and re-encoding each of them; `payload` and `clock` decode on demand."""
+
+    entity_type: str
+    entity_id: str
+    deleted: bool
+    seq: int
+    payload_json: str | None
+    clock_json: str
+
+    @property
+    def op(self) -> Op:
+        return "delete" if self.deleted else "put"
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        return None if self.payload_json is None else json.loads(self.payload_json)
+
+    @property
+    def clock(self) -> VectorClock:
+        return VectorClock.of(json.loads(self.clock_json))
+
+
 @dataclass(frozen=True)
 class LocalMutation:
     """One mutation a device made offline, as pushed."""

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from crdt_sync.model import ConflictRecord, EntityKey, EntityState, MutationResult, SyncRegistration
+from crdt_sync.model import (
+    Change,
+    ConflictRecord,
+    EntityKey,
+    EntityState,
+    MutationResult,
+    SyncRegistration,
+)
 
 
 class Clock(Protocol):
@@ -116,7 +123,7 @@ class SyncStore(Protocol):
         after_seq: int,
         limit: int,
         skip_tombstones_upto: int,
-    ) -> list[EntityState]:
+    ) -> list[Change]:
         """Entities of the tenant (owner '' or `user_id`) with seq > after_seq, in seq order;
         tombstones with seq <= skip_tombstones_upto are left out."""
         ...

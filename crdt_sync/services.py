@@ -16,6 +16,7 @@ from typing import Any
 
 from crdt_sync.errors import Conflict, Forbidden, InvalidInput, NotFound, ResyncRequired
 from crdt_sync.model import (
+    Change,
     ConflictRecord,
     ConflictStatus,
     EntityKey,
@@ -67,7 +68,7 @@ class DeviceContext:
 
 @dataclass(frozen=True)
 class PullPage:
-    changes: list[EntityState]
+    changes: list[Change]
     cursor: SyncCursor
     has_more: bool
 

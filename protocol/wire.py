@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from crdt_sync.errors import InvalidInput
-from crdt_sync.model import LocalMutation, check_id
+from crdt_sync.model import Change, LocalMutation, check_id
 from crdt_sync.vector_clock import VectorClock
 from protocol.errors import BadRequest, PayloadTooLarge
 
@@ -149,3 +151,17 @@ def parse_limit(raw: str | None, default: int, maximum: int) -> int:
     if not 1 <= value <= maximum:
         raise BadRequest(f"limit must be 1..{maximum}")
     return value
+
+
+def pull_body(changes: Sequence[Change], cursor: str, has_more: bool) -> str:
+    """The pull response. Each change's payload and clock go out as the JSON text they were
+    stored as (`Change`: canonical JSON of validated input), which makes serving a page of
+    500 changes string assembly instead of decoding and re-encoding 500 objects."""
+    items = ",".join(
+        f'{{"entity_type":{_quote(c.entity_type)},"entity_id":{_quote(c.entity_id)},'
+        f'"op":"{c.op}","payload":{"null" if c.payload_json is None else c.payload_json},'
+        f'"clock":{c.clock_json}}}'
+        for c in changes
+    )
+    more = "true" if has_more else "false"
+    return f'{{"changes":[{items}],"cursor":{_quote(cursor)},"has_more":{more}}}'

@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 from storage.inline_sqlite import Conn
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ix_entities_owner_log
 ID = String(200)
 
 metadata = MetaData()
@@ -61,7 +61,11 @@ entities = Table(
     Column("seq", BigInteger, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_entities_log", "tenant_id", "seq", unique=True),
+    # a pull reads the tenant's shared entities (owner '') and its user's: one range of this
+    # index each, instead of every user's changes since the cursor from ix_entities_log
+    Index("ix_entities_owner_log", "tenant_id", "owner", "seq"),
 )
+OWNER_LOG_INDEX = next(ix for ix in entities.indexes if ix.name == "ix_entities_owner_log")
 
 mutation_results = Table(
     "mutation_results",
@@ -154,8 +158,16 @@ async def migrate(conn: Conn) -> None:
     row = result.first()
     if row is None:
         await conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-    elif int(row.value) > SCHEMA_VERSION:
+        return
+    version = int(row.value)
+    if version > SCHEMA_VERSION:
         raise RuntimeError(
             f"the database has schema version {row.value}, newer than this server's "
             f"{SCHEMA_VERSION}: upgrade crdt-sync"
+        )
+    if version < 2:  # create_all adds no index to a table that exists
+        await conn.run_sync(lambda sync: OWNER_LOG_INDEX.create(sync, checkfirst=True))
+    if version < SCHEMA_VERSION:
+        await conn.execute(
+            meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
         )

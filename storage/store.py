@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from crdt_sync.model import (
+    Change,
     ConflictRecord,
     EntityKey,
     EntityState,
@@ -275,23 +276,28 @@ class SqlStore:
         after_seq: int,
         limit: int,
         skip_tombstones_upto: int,
-    ) -> list[EntityState]:
-        stmt = (
-            select(entities)
-            .where(
-                entities.c.tenant_id == tenant_id,
-                entities.c.seq > after_seq,
-                or_(entities.c.owner == "", entities.c.owner == user_id),
-            )
-            .order_by(entities.c.seq)
-            .limit(limit)
-        )
-        if skip_tombstones_upto > after_seq:
-            stmt = stmt.where(
-                or_(entities.c.deleted.is_(False), entities.c.seq > skip_tombstones_upto)
-            )
+    ) -> list[Change]:
+        # The tenant's shared entities and the user's, each read in seq order from its own
+        # range of ix_entities_owner_log (at most `limit` rows each), then merged: the log
+        # index alone would walk every other user's changes since the cursor to find these.
+        c = entities.c
+
+        def owned_by(owner: str) -> Any:
+            branch = select(c.entity_type, c.entity_id, c.deleted, c.seq, c.payload, c.clock)
+            branch = branch.where(c.tenant_id == tenant_id, c.owner == owner, c.seq > after_seq)
+            if skip_tombstones_upto > after_seq:
+                branch = branch.where(or_(c.deleted.is_(False), c.seq > skip_tombstones_upto))
+            return select(branch.order_by(c.seq).limit(limit).subquery())
+
+        owners = dict.fromkeys(("", user_id))
+        both = union_all(*(owned_by(owner) for owner in owners)).subquery()
+        stmt = select(both).order_by(both.c.seq).limit(limit)
         async with self.engine.connect() as conn:
-            return [codec.entity_from_row(row) for row in await conn.execute(stmt)]
+            rows = (await conn.execute(stmt)).all()  # one fetch, not one call per row
+        return [
+            Change(etype, eid, bool(deleted), seq, payload, clock)
+            for etype, eid, deleted, seq, payload, clock in rows
+        ]
 
     async def get_entity(self, key: EntityKey) -> EntityState | None:
         stmt = select(entities).where(

@@ -183,7 +183,7 @@ async def test_batch_with_two_writes_to_one_entity_in_order(h: Harness) -> None:
     assert stored.payload == {"score": 20, "completed": ["m1", "m2"]}
     assert stored.clock == VectorClock.of({"dev-a": 2})
     page = await h.service.pull(DEV_A, None, 100)
-    assert [(c.key.entity_id, c.payload) for c in page.changes] == [
+    assert [(c.entity_id, c.payload) for c in page.changes] == [
         ("course-7", {"score": 20, "completed": ["m1", "m2"]})
     ]
 
@@ -313,7 +313,7 @@ async def test_pull_pages_then_follows_changes(h: Harness) -> None:
     seen: list[str] = []
     page = await h.service.pull(DEV_B, None, 2)
     while True:
-        seen += [c.key.entity_id for c in page.changes]
+        seen += [c.entity_id for c in page.changes]
         if not page.has_more:
             break
         page = await h.service.pull(DEV_B, page.cursor, 2)
@@ -322,7 +322,7 @@ async def test_pull_pages_then_follows_changes(h: Harness) -> None:
     assert (await h.service.pull(DEV_B, cursor, 10)).changes == []
     await h.service.push(DEV_A, [mut("m9", eid="c1", payload=None, clock={"dev-a": 2})])
     update = await h.service.pull(DEV_B, cursor, 10)
-    assert [(c.key.entity_id, c.op) for c in update.changes] == [("c1", "delete")]
+    assert [(c.entity_id, c.op) for c in update.changes] == [("c1", "delete")]
     with pytest.raises(InvalidInput):
         await h.service.pull(DEV_B, None, 0)
     with pytest.raises(InvalidInput):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from quart import Blueprint, Response, jsonify, request
 
 from crdt_sync.errors import ResyncRequired
-from crdt_sync.services import entity_to_json
 from protocol import wire
 from web.auth import mint_token
 from web.runtime import bound_principal, device_request, request_body, runtime
@@ -78,13 +77,8 @@ async def pull() -> Response:
         await rt.store.record_full_resync(ctx.tenant_id, ctx.device_id)
         raise
     rt.metrics.pulled_changes.inc(len(page.changes))
-    return jsonify(
-        {
-            "changes": [entity_to_json(c) for c in page.changes],
-            "cursor": rt.cursors.encode(page.cursor),
-            "has_more": page.has_more,
-        }
-    )
+    body = wire.pull_body(page.changes, rt.cursors.encode(page.cursor), page.has_more)
+    return Response(body, content_type="application/json")
 
 
 @bp.post("/ack")
