@@ -108,7 +108,7 @@ class Change:
 
     @property
     def clock(self) -> VectorClock:
-        return VectorClock.of(json.loads(self.clock_json))
+        return VectorClock.from_stored(self.clock_json)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def entity_from_row(row: Any) -> EntityState:
     return EntityState(
         key=EntityKey(row.tenant_id, row.entity_type, row.entity_id, row.owner),
         payload=None if row.payload is None else json.loads(row.payload),
-        clock=VectorClock.of(json.loads(row.clock)),
+        clock=VectorClock.from_stored(row.clock),
         deleted=bool(row.deleted),
         ts=int(row.ts),
         device_id=row.device_id,

@@ -119,7 +119,7 @@ class SqlWriteTx:
                 "b_entity_id": key.entity_id,
                 "b_owner": key.owner,
             }
-            for row in await self._conn.execute(self._sql.entity_one, params):
+            for row in (await self._conn.execute(self._sql.entity_one, params)).all():
                 found[key] = codec.entity_from_row(row)
             return found
         for part in _chunks(wanted):
@@ -129,7 +129,7 @@ class SqlWriteTx:
                     [(k.entity_type, k.entity_id, k.owner) for k in part]
                 ),
             )
-            for row in await self._conn.execute(stmt):
+            for row in (await self._conn.execute(stmt)).all():  # one fetch, not one per row
                 state = codec.entity_from_row(row)
                 found[state.key] = state
         return found
