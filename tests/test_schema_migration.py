@@ -25,7 +25,9 @@ async def _indexes(store) -> set[str]:  # type: ignore[no-untyped-def]
 
 async def _version(store) -> int:  # type: ignore[no-untyped-def]
     async with store.engine.connect() as conn:
-        result = await conn.execute(text("SELECT value FROM crdt_meta WHERE key = 'schema_version'"))
+        result = await conn.execute(
+            text("SELECT value FROM crdt_meta WHERE key = 'schema_version'")
+        )
         return int(result.scalar_one())
 
 
