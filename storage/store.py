@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, union_all, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from crdt_sync.model import (
@@ -57,6 +57,7 @@ class _Statements:
     lock_select: Any
     seq_update: Any
     entity_one: Any
+    entity_many: Any
     entity_upsert: Any
     results_select: Any
     results_insert: Any
@@ -81,6 +82,14 @@ def _statements(dialect_name: str) -> _Statements:
         .values(seq=bindparam("b_seq")),
         entity_one=select(entities).where(
             *(entities.c[k] == bindparam(f"b_{k}") for k in entity_keys)
+        ),
+        # one (type, owner) and a list of ids: a primary-key lookup per id. A row-value IN
+        # over (type, id, owner) made SQLite scan every entity of the tenant instead.
+        entity_many=select(entities).where(
+            entities.c.tenant_id == bindparam("b_tenant"),
+            entities.c.entity_type == bindparam("b_type"),
+            entities.c.owner == bindparam("b_owner"),
+            entities.c.entity_id.in_(bindparam("b_ids", expanding=True)),
         ),
         entity_upsert=upsert.on_conflict_do_update(
             index_elements=list(entity_keys),
@@ -122,16 +131,17 @@ class SqlWriteTx:
             for row in (await self._conn.execute(self._sql.entity_one, params)).all():
                 found[key] = codec.entity_from_row(row)
             return found
-        for part in _chunks(wanted):
-            stmt = select(entities).where(
-                entities.c.tenant_id == self._tenant,
-                tuple_(entities.c.entity_type, entities.c.entity_id, entities.c.owner).in_(
-                    [(k.entity_type, k.entity_id, k.owner) for k in part]
-                ),
-            )
-            for row in (await self._conn.execute(stmt)).all():  # one fetch, not one per row
-                state = codec.entity_from_row(row)
-                found[state.key] = state
+        groups: dict[tuple[str, str], list[str]] = {}
+        for k in wanted:
+            groups.setdefault((k.entity_type, k.owner), []).append(k.entity_id)
+        for (etype, owner), ids in groups.items():
+            for part in _chunks(ids):
+                params = {"b_tenant": self._tenant, "b_type": etype, "b_owner": owner}
+                params["b_ids"] = list(part)
+                rows = (await self._conn.execute(self._sql.entity_many, params)).all()
+                for row in rows:
+                    state = codec.entity_from_row(row)
+                    found[state.key] = state
         return found
 
     async def put_entity(self, state: EntityState) -> EntityState:

@@ -345,3 +345,17 @@ async def test_ack_records_the_cursor_for_its_device_only(h: Harness) -> None:
     assert info.value.code == "device_mismatch"
     other = await h.store.get_device("tenant-1", "dev-b")
     assert other is not None and other.last_ack_seq == 0 and other.last_ack_at is None
+
+
+async def test_a_batch_reads_every_stored_entity_it_touches(h: Harness) -> None:
+    """A push reads the stored versions of its entities in groups (type, owner) and chunks of
+    ids; every one must be found, or an old write would be applied over a newer one."""
+    ids = [f"course-{i}" for i in range(250)]  # more than one chunk of ids
+    newer = [mut(f"p{i}", "progress", eid, {"score": 5}, {"dev-a": 2}) for i, eid in enumerate(ids)]
+    newer.append(mut("b1", "bookmark", "lesson-1", {"position": 9}, {"dev-a": 2}))
+    assert {r.status for r in await h.service.push(DEV_A, newer)} == {Status.APPLIED}
+    older = [mut(f"q{i}", "progress", eid, {"score": 1}, {"dev-a": 1}) for i, eid in enumerate(ids)]
+    older.append(mut("b2", "bookmark", "lesson-1", {"position": 1}, {"dev-a": 1}))
+    results = await h.service.push(DEV_A, older)
+    assert [r.status for r in results] == [Status.STALE] * len(older)
+    assert (await h.entity(DEV_A, "bookmark", "lesson-1")).payload == {"position": 9}
