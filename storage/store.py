@@ -136,8 +136,12 @@ class SqlWriteTx:
             groups.setdefault((k.entity_type, k.owner), []).append(k.entity_id)
         for (etype, owner), ids in groups.items():
             for part in _chunks(ids):
-                params = {"b_tenant": self._tenant, "b_type": etype, "b_owner": owner}
-                params["b_ids"] = list(part)
+                params: dict[str, Any] = {
+                    "b_tenant": self._tenant,
+                    "b_type": etype,
+                    "b_owner": owner,
+                    "b_ids": list(part),
+                }
                 rows = (await self._conn.execute(self._sql.entity_many, params)).all()
                 for row in rows:
                     state = codec.entity_from_row(row)
