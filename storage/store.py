@@ -56,7 +56,6 @@ class _Statements:
     lock_insert: Any
     lock_select: Any
     seq_update: Any
-    entity_one: Any
     entity_many: Any
     entity_upsert: Any
     results_select: Any
@@ -80,9 +79,6 @@ def _statements(dialect_name: str) -> _Statements:
         seq_update=update(tenant_seq)
         .where(tenant_seq.c.tenant_id == bindparam("b_tenant"))
         .values(seq=bindparam("b_seq")),
-        entity_one=select(entities).where(
-            *(entities.c[k] == bindparam(f"b_{k}") for k in entity_keys)
-        ),
         # one (type, owner) and a list of ids: a primary-key lookup per id. A row-value IN
         # over (type, id, owner) made SQLite scan every entity of the tenant instead.
         entity_many=select(entities).where(
@@ -120,23 +116,12 @@ class SqlWriteTx:
     async def get_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]:
         found = {k: self._pending[k] for k in keys if k in self._pending}
         wanted = [k for k in dict.fromkeys(keys) if k not in found]
-        if len(wanted) == 1:  # a document's change-log entry, a single mutation
-            key = wanted[0]
-            params = {
-                "b_tenant_id": self._tenant,
-                "b_entity_type": key.entity_type,
-                "b_entity_id": key.entity_id,
-                "b_owner": key.owner,
-            }
-            for row in (await self._conn.execute(self._sql.entity_one, params)).all():
-                found[key] = codec.entity_from_row(row)
-            return found
         groups: dict[tuple[str, str], list[str]] = {}
         for k in wanted:
             groups.setdefault((k.entity_type, k.owner), []).append(k.entity_id)
         for (etype, owner), ids in groups.items():
             for part in _chunks(ids):
-                params: dict[str, Any] = {
+                params = {
                     "b_tenant": self._tenant,
                     "b_type": etype,
                     "b_owner": owner,
