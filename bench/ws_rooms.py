@@ -577,14 +577,12 @@ def exit_status(result: dict[str, Any]) -> int:
     """1 when something could not run, or a crdt-sync room did not converge or its connections
     failed. A peer that does not converge or connect is a measured finding, shown in its row;
     errors the clients saw (e.g. closes for a full send queue) are reported, not fatal."""
-    ours = [
-        r for r in result["fanout"] + result["idle"] if r.get("target", "crdt-sync") == "crdt-sync"
-    ]
-    broken = [
-        r
-        for r in ours
-        if not r.get("converged", True) or r.get("connected", 0) < r.get("connections", 0)
-    ]
+
+    def ours(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r.get("target", "crdt-sync") == "crdt-sync"]
+
+    broken = [r for r in ours(result["fanout"]) if not r["converged"]]
+    broken += [r for r in ours(result["idle"]) if r["connected"] < r["connections"]]
     return 1 if result["failures"] or broken else 0
 
 

@@ -89,7 +89,7 @@ class EntityState:
 class Change:
     """One entry of a pull page as the store holds it: payload and clock stay the canonical
     JSON they were stored as (`canonical_json`), so a page of hundreds of changes is served
-    without decoding and re-encoding each of them; `payload` and `clock` decode on demand."""
+    without decoding and re-encoding each of them; `payload` decodes on demand."""
 
     entity_type: str
     entity_id: str
@@ -105,10 +105,6 @@ class Change:
     @property
     def payload(self) -> dict[str, Any] | None:
         return None if self.payload_json is None else json.loads(self.payload_json)
-
-    @property
-    def clock(self) -> VectorClock:
-        return VectorClock.from_stored(self.clock_json)
 
 
 @dataclass(frozen=True)

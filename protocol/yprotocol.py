@@ -195,10 +195,19 @@ def awareness_entry(client_id: int, clock: int, raw: bytes) -> bytes:
     return varuint(client_id) + varuint(clock) + varbytes(raw)
 
 
+def awareness_update(entries: list[bytes]) -> bytes:
+    """An awareness update of entries encoded by `awareness_entry`."""
+    return varuint(len(entries)) + b"".join(entries)
+
+
 def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
-    return varuint(len(entries)) + b"".join(
-        awareness_entry(e.client_id, e.clock, json.dumps(e.state, separators=(",", ":")).encode())
-        for e in entries
+    return awareness_update(
+        [
+            awareness_entry(
+                e.client_id, e.clock, json.dumps(e.state, separators=(",", ":")).encode()
+            )
+            for e in entries
+        ]
     )
 
 

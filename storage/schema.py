@@ -61,11 +61,12 @@ entities = Table(
     Column("seq", BigInteger, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_entities_log", "tenant_id", "seq", unique=True),
-    # a pull reads the tenant's shared entities (owner '') and its user's: one range of this
-    # index each, instead of every user's changes since the cursor from ix_entities_log
-    Index("ix_entities_owner_log", "tenant_id", "owner", "seq"),
 )
-OWNER_LOG_INDEX = next(ix for ix in entities.indexes if ix.name == "ix_entities_owner_log")
+# a pull reads the tenant's shared entities (owner '') and its user's: one range of this
+# index each, instead of every user's changes since the cursor from ix_entities_log
+OWNER_LOG_INDEX = Index(
+    "ix_entities_owner_log", entities.c.tenant_id, entities.c.owner, entities.c.seq
+)
 
 mutation_results = Table(
     "mutation_results",

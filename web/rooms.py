@@ -641,20 +641,18 @@ class Room:
             # second renewal (30 s). Told it was removed at that clock, a y-protocols client
             # re-announces itself at once with the next one.
             removed = [yp.awareness_entry(cid, clocks[cid], b"null") for cid in returning]
-            peer.offer(yp.awareness_message(yp.varuint(len(removed)) + b"".join(removed)))
+            peer.offer(yp.awareness_message(yp.awareness_update(removed)))
         self._schedule_awareness()
 
     def leave_awareness(self, peer: Peer) -> None:
+        # a peer's awareness_ids are exactly the present states it owns (`_depart` and a change
+        # of owner take an id out of its set)
         now = asyncio.get_running_loop().time()
         for cid in list(peer.awareness_ids):
-            if self._awareness_owner.get(cid) is not peer:
-                continue
-            entry = self.awareness.get(cid)
-            if entry is not None:
-                self._awareness_clocks[cid] = entry[0] + 1
-                self._awareness_changed[cid] = (entry[0] + 1, b"null")
-                self._depart(cid, now)
-        peer.awareness_ids.clear()
+            clock = self.awareness[cid][0] + 1
+            self._awareness_clocks[cid] = clock
+            self._awareness_changed[cid] = (clock, b"null")
+            self._depart(cid, now)
         self._schedule_awareness()
 
     def _depart(self, cid: int, now: float) -> None:
@@ -680,7 +678,7 @@ class Room:
         state to exactly those bytes), or, for a relay, the same with each receiver's own entry
         left out (a client does not take its own state from a relay). Kept for a few relays."""
         parts = [yp.awareness_entry(cid, clock, raw) for cid, (clock, raw) in entries]
-        payload = yp.varuint(len(parts)) + b"".join(parts)
+        payload = yp.awareness_update(parts)
         echoes = {hash(payload)}
         if own_left_out and len(parts) > 1 and len(payload) * len(parts) <= ECHO_VARIANT_BYTES:
             shorter = yp.varuint(len(parts) - 1)
