@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import random
 import socket
@@ -26,6 +27,7 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Ping,
     RejectConnection,
     Request,
     TextMessage,
@@ -98,6 +100,7 @@ class RawWs:
         self.messages: list[bytes | str] = []
         self.close_code: int | None = None
         self.status: int | None = None
+        self.pings = 0
         self._partial: list[Any] = []
 
     @classmethod
@@ -133,6 +136,8 @@ class RawWs:
                     joined = (b"" if isinstance(event, BytesMessage) else "").join(self._partial)
                     self.messages.append(joined)
                     self._partial = []
+            elif isinstance(event, Ping):
+                self.pings += 1
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
                 if self.conn.state is ConnectionState.REMOTE_CLOSING:  # not on a bare EOF
@@ -396,6 +401,22 @@ async def test_revoked_device_is_refused_and_disconnected(server: Server) -> Non
         assert not other.has_event("closed")
     finally:
         await close_all([c for c in (other, tab, late) if c is not None])
+
+
+async def test_server_pings_room_clients(server: Server) -> None:
+    """WebSocket pings are on (`ws_ping_interval_s`, 0.5 s in the tests): a connection that
+    says nothing still hears from the server, so dead peers and idle proxies are found."""
+    ws = await RawWs.open(server, "doc-pings", server.token("acme", "alice", "author"))
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5 * server.config.ws_ping_interval_s
+        while ws.pings < 2 and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await ws._read_some(left)
+        assert ws.pings >= 2, f"{ws.pings} pings in {5 * server.config.ws_ping_interval_s} s"
+        assert ws.close_code is None
+    finally:
+        await ws.aclose()
 
 
 async def test_same_doc_id_in_two_tenants_is_two_documents(server: Server) -> None:
