@@ -69,6 +69,9 @@ class EntityState:
     ts: int = 0  # hybrid logical time (ms) of the write that produced it
     device_id: str = ""  # who wrote it ('' for the server)
     seq: int = 0  # position in the tenant's commit-ordered change log
+    # `canonical_json(payload)` where the writer already had it (a push measured it), so the
+    # store does not encode the same payload again; not part of the state's identity.
+    payload_json: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, EntityKey) or not isinstance(self.clock, VectorClock):
@@ -276,3 +279,17 @@ def rfc3339(moment: datetime) -> str:
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """`canonical_json(a) == canonical_json(b)` for decoded JSON, without encoding either:
+    types must match too (1 is not 1.0, true is not 1, 0.0 is not -0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same_json, a, b))
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return bool(a == b)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crdt_sync.model import EntityState, LocalMutation, Status, canonical_json
+from crdt_sync.model import EntityState, LocalMutation, Status, canonical_json, same_json
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class Monotonic(_Base):
         assert write.payload is not None and stored.payload is not None
         later = dominating or lww_wins(write, stored)
         merged = monotonic_merge(stored.payload, write.payload, later)
-        if dominating and canonical_json(merged) == canonical_json(write.payload):
+        if dominating and same_json(merged, write.payload):
             return Decision(Status.APPLIED, payload=write.payload)
         return Decision(Status.MERGED, payload=merged, from_incoming=False)
 
@@ -183,7 +183,7 @@ class AppendOnly:
             )
         if stored is None or stored.deleted:
             return _as_incoming(write)
-        if canonical_json(stored.payload) != canonical_json(write.payload):
+        if not same_json(stored.payload, write.payload):
             return Decision(
                 Status.REJECTED,
                 error_code="immutable",

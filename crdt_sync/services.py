@@ -186,8 +186,10 @@ class SyncService:
             return rejected("unknown_entity_type", f"no entity type {m.entity_type!r}")
         if not etype.device_writable:
             return rejected("read_only", f"{etype.name!r} is written by the server only")
+        payload_json = None
         if m.payload is not None:
-            if len(canonical_json(m.payload).encode()) > MAX_PAYLOAD_BYTES:
+            payload_json = canonical_json(m.payload)
+            if len(payload_json.encode()) > MAX_PAYLOAD_BYTES:
                 return rejected("payload_too_large", f"payload over {MAX_PAYLOAD_BYTES} bytes")
             problems = etype.shape.problems(m.entity_id, m.payload)
             if problems:
@@ -252,6 +254,7 @@ class SyncService:
             deleted=decision.deleted,
             ts=winner_ts,
             device_id=winner_dev,
+            payload_json=payload_json if decision.payload is m.payload else None,
         )
         states[key] = await tx.put_entity(new_state)
         return MutationResult(m.mutation_id, status, clock=clock)

@@ -33,7 +33,9 @@ def entity_row(state: EntityState, now: datetime) -> dict[str, Any]:
         "entity_type": key.entity_type,
         "entity_id": key.entity_id,
         "owner": key.owner,
-        "payload": None if state.payload is None else canonical_json(state.payload),
+        "payload": None
+        if state.payload is None
+        else state.payload_json or canonical_json(state.payload),
         "clock": canonical_json(state.clock.to_json()),
         "deleted": state.deleted,
         "ts": state.ts,

@@ -1,35 +1,55 @@
-"""SQLite without a thread hop per call: the async engine interface the store uses, over a sync
-SQLAlchemy engine whose statements run right where they are awaited.
+"""SQLite without a thread hop per call, and with group commit: the async engine interface the
+store uses, over a sync SQLAlchemy engine whose statements run right where they are awaited.
 
-Why: aiosqlite runs every DBAPI call (cursor, execute, fetch, close) in its own thread and hands
-the result back through the event loop, so one SQL statement costs three or four loop
+Why inline: aiosqlite runs every DBAPI call (cursor, execute, fetch, close) in its own thread
+and hands the result back through the event loop, so one SQL statement costs three or four loop
 iterations. On a busy loop (a room fanning out to 50 clients) each iteration takes
 milliseconds: a six-statement write transaction took ~26 ms of waiting, and that wait is
 the propagation latency of every keystroke in the room (docs/benchmarks.md). A local SQLite
 statement itself takes microseconds; running it inline is cheaper than any hand-off.
 
-What it costs, and why that is acceptable:
+Why group commit: every COMMIT waits for an fsync (`synchronous=FULL`), and SQLite has one
+writer, so one fsync per write transaction caps a process at a few hundred writes per second
+(an ack, a device's last-seen time, a push each cost one). Here the write transactions that
+queue up while one COMMIT is on its way to disk run next, each inside a SAVEPOINT of one shared
+SQLite transaction, and the next COMMIT makes all of them durable at once. `begin()` still
+returns only once its own writes are committed; a transaction that fails rolls back to its
+savepoint and leaves the others of its batch alone; a COMMIT that fails fails every
+transaction of its batch (none was acknowledged).
+
+What inline costs, and why that is acceptable:
 - The loop is blocked while a statement runs (the COMMIT, which waits for the disk, goes to a
-  worker thread: one hand-off per transaction instead of three or four per statement). A
-  large read (a 5,000-row pull page) blocks it for its few milliseconds, CPU the process
-  spends either way.
+  worker thread). A large read (a 5,000-row pull page) blocks it for its few milliseconds, CPU
+  the process spends either way.
 - A statement that waits on SQLite's lock would block the loop for busy_timeout. In this
-  process that cannot happen: every write transaction takes the store's asyncio writer lock
-  first (storage/store.py), and nothing awaits anything but these inline calls while one is
-  open. Another process writing the same file (`crdt-sync prune` next to a running server)
-  can make the server wait for it, at most busy_timeout.
+  process that cannot happen: one write transaction at a time holds the engine's writer lock
+  (the committer holds it during a COMMIT), and nothing awaits anything but these inline calls
+  while one is open. Another process writing the same file (`crdt-sync prune` next to a
+  running server) can make the server wait for it, at most busy_timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Executable
+from sqlalchemy import Connection, Executable, event
 from sqlalchemy import Engine as SyncEngine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+
+def use_explicit_transactions(sync_engine: SyncEngine) -> None:
+    """Put Python's sqlite3 module in autocommit mode: it would otherwise open a transaction
+    itself at the first INSERT, so the SAVEPOINT a batch starts with would open it instead and
+    its RELEASE would commit. A write batch issues its own BEGIN (`_Batch`); a read is a
+    statement on its own, SQLite's implicit transaction."""
+
+    @event.listens_for(sync_engine, "connect")
+    def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
 
 
 class InlineConnection:
@@ -46,44 +66,171 @@ class InlineConnection:
         return fn(self.sync_connection, *args, **kwargs)
 
 
+class _Batch:
+    """One SQLite transaction holding the savepoint-wrapped write transactions of a batch."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.trans = conn.begin()
+        # The driver's own connection, for BEGIN and the savepoints: through SQLAlchemy's
+        # execution machinery they cost as much as a one-statement transaction's statement.
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        self.raw: Any = raw
+        self.raw.execute("BEGIN")
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.size = 0
+
+    def commit_and_close(self) -> None:
+        try:
+            self.trans.commit()
+        except BaseException:
+            # SQLite leaves the transaction open when COMMIT fails (a deferred constraint, a
+            # full disk): this connection must not go back to the pool.
+            self.conn.invalidate()
+            raise
+        finally:
+            self.conn.close()
+
+    def rollback_and_close(self) -> None:
+        try:
+            self.trans.rollback()
+        finally:
+            self.conn.close()
+
+    def settle(self, exc: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
+            self.done.exception()  # a batch nobody waits for must not log "never retrieved"
+
+
+class _Writer:
+    """The per-event-loop part of group commit: the writer lock, the open batch, the committer."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.batch: _Batch | None = None
+        self.committer: asyncio.Task[None] | None = None
+
+
 class InlineEngine:
     """The subset of `AsyncEngine` the store uses, over a sync engine."""
 
     def __init__(self, sync_engine: SyncEngine) -> None:
         self.sync_engine = sync_engine
         self.dialect = sync_engine.dialect
+        self._writer: _Writer | None = None
+        # Reads share one connection, kept open: the driver is in autocommit mode, so each
+        # statement reads the latest commit, and a pool checkout and reset per read cost more
+        # than a small read itself. A read that overlaps another (its body awaits something
+        # that yields) takes a pooled connection instead.
+        self._reader: Connection | None = None
+        self._reader_busy = False
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[InlineConnection]:
-        with self.sync_engine.connect() as conn:
-            yield InlineConnection(conn)
+        if self._reader_busy:
+            with self.sync_engine.connect() as conn:
+                yield InlineConnection(conn)
+            return
+        if self._reader is None:
+            self._reader = self.sync_engine.connect()
+        self._reader_busy = True
+        try:
+            yield InlineConnection(self._reader)
+        except BaseException:
+            self._drop_reader()
+            raise
+        finally:
+            self._reader_busy = False
+
+    def _drop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[InlineConnection]:
-        """A transaction; its COMMIT (the fsync, milliseconds on a busy disk) runs in a worker
-        thread, the one hand-off per transaction, so the loop serves others meanwhile."""
-        conn = self.sync_engine.connect()
+        """A write transaction, durable when this returns; see the module docstring. One runs
+        at a time in this process: the callers queue on the writer lock, not on SQLite's."""
+        writer = self._writer_for_this_loop()
+        async with writer.lock:
+            if writer.batch is None:
+                writer.batch = _Batch(self.sync_engine.connect())
+            batch = writer.batch
+            batch.raw.execute("SAVEPOINT w")
+            try:
+                yield InlineConnection(batch.conn)
+            except BaseException:
+                self._undo(writer, batch)
+                raise
+            batch.raw.execute("RELEASE w")
+            batch.size += 1
+            writer.wake.set()
+        # Shielded: a cancelled caller leaves its writes to the batch, committed or not.
+        await asyncio.shield(batch.done)
+
+    def _undo(self, writer: _Writer, batch: _Batch) -> None:
         try:
-            trans = conn.begin()
-            yield InlineConnection(conn)
-        except BaseException:
-            try:
-                conn.rollback()
-            finally:
-                conn.close()
-            raise
+            batch.raw.execute("ROLLBACK TO w")
+            batch.raw.execute("RELEASE w")
+        except BaseException as exc:
+            # The connection cannot roll back to the savepoint: give up the whole batch.
+            writer.batch = None
+            with contextlib.suppress(Exception):
+                batch.rollback_and_close()
+            batch.settle(exc)
 
-        def commit_and_close() -> None:
-            try:
-                trans.commit()
-            finally:
-                conn.close()
+    def _writer_for_this_loop(self) -> _Writer:
+        writer = self._writer
+        if writer is None or writer.loop is not asyncio.get_running_loop():
+            writer = self._writer = _Writer()
+            writer.committer = asyncio.create_task(self._commit_batches(writer))
+        return writer
 
-        # Shielded: a cancelled caller must not touch the connection while the thread commits;
-        # the thread finishes (commit or not) and returns it to the pool either way.
-        await asyncio.shield(asyncio.to_thread(commit_and_close))
+    async def _commit_batches(self, writer: _Writer) -> None:
+        """Commit the open batch once the writers queued before this task are in it. The lock
+        is FIFO: taking it lets everyone already waiting add to the batch first; writers that
+        come during the COMMIT (the fsync, in a worker thread) queue up for the next one."""
+        while True:
+            await writer.wake.wait()
+            writer.wake.clear()
+            async with writer.lock:
+                batch, writer.batch = writer.batch, None
+                if batch is None:
+                    continue
+                try:
+                    # Shielded: at shutdown the thread finishes the COMMIT either way.
+                    await asyncio.shield(asyncio.to_thread(batch.commit_and_close))
+                except BaseException as exc:
+                    batch.settle(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                else:
+                    batch.settle(None)
 
     async def dispose(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None and writer.loop is asyncio.get_running_loop():
+            batch = writer.batch
+            if batch is not None:
+                writer.wake.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(batch.done)
+            async with writer.lock:  # a COMMIT in flight has finished
+                pass
+            if writer.committer is not None:
+                writer.committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer.committer
+        self._drop_reader()
         self.sync_engine.dispose()
 
 

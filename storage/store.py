@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from crdt_sync.model import (
@@ -47,7 +57,7 @@ def _chunks(items: Sequence[Any], size: int = CHUNK) -> list[Sequence[Any]]:
 
 @dataclass(frozen=True)
 class _Statements:
-    """The write path's statements, built once per dialect with bound parameters.
+    """The hot paths' statements, built once per dialect with bound parameters.
 
     SQLAlchemy memoises a statement object's cache key and compiled form; building the same
     statement afresh for every transaction redid that work each time (about half the CPU of
@@ -61,6 +71,32 @@ class _Statements:
     results_select: Any
     results_insert: Any
     doc_insert: Any
+    head_select: Any
+    device_select: Any
+    device_touch: Any
+    device_ack: Any
+    # read_changes by (number of owners, tombstones skipped up to a snapshot)
+    changes: dict[tuple[int, bool], Any]
+
+
+def _changes_select(owners: int, skip_tombstones: bool) -> Any:
+    """The tenant's shared entities and the user's, each read in seq order from its own range
+    of ix_entities_owner_log (at most `limit` rows each), then merged: the log index alone
+    would walk every other user's changes since the cursor to find these."""
+    c = entities.c
+
+    def owned_by(owner: Any) -> Any:
+        branch = select(c.entity_type, c.entity_id, c.deleted, c.seq, c.payload, c.clock)
+        branch = branch.where(
+            c.tenant_id == bindparam("b_tenant"), c.owner == owner, c.seq > bindparam("b_after")
+        )
+        if skip_tombstones:
+            branch = branch.where(or_(c.deleted.is_(False), c.seq > bindparam("b_skip")))
+        return select(branch.order_by(c.seq).limit(bindparam("b_limit")).subquery())
+
+    branches = [owned_by(bindparam("b_user")), owned_by(literal(""))][:owners]
+    merged = union_all(*branches).subquery()
+    return select(merged).order_by(merged.c.seq).limit(bindparam("b_limit"))
 
 
 @functools.cache
@@ -98,6 +134,35 @@ def _statements(dialect_name: str) -> _Statements:
         ),
         results_insert=mutation_results.insert(),
         doc_insert=doc_updates.insert().returning(doc_updates.c.id),
+        head_select=select(tenant_seq.c.seq, tenant_seq.c.horizon).where(
+            tenant_seq.c.tenant_id == bindparam("b_tenant")
+        ),
+        device_select=select(devices).where(
+            devices.c.tenant_id == bindparam("b_tenant"),
+            devices.c.device_id == bindparam("b_device"),
+        ),
+        device_touch=update(devices)
+        .where(
+            devices.c.tenant_id == bindparam("b_tenant"),
+            devices.c.device_id == bindparam("b_device"),
+        )
+        .values(last_seen_at=bindparam("b_now")),
+        device_ack=update(devices)
+        .where(
+            devices.c.tenant_id == bindparam("b_tenant"),
+            devices.c.device_id == bindparam("b_device"),
+        )
+        .values(
+            last_ack_at=bindparam("b_now"),
+            last_ack_seq=(func.greatest if dialect_name == "postgresql" else func.max)(
+                devices.c.last_ack_seq, bindparam("b_seq", type_=BigInteger)
+            ),
+        ),
+        changes={
+            (owners, skip): _changes_select(owners, skip)
+            for owners in (1, 2)
+            for skip in (False, True)
+        },
     )
 
 
@@ -137,15 +202,7 @@ class SqlWriteTx:
         if state.key.tenant_id != self._tenant:
             raise ValueError("entity of another tenant in this transaction")
         self._seq += 1
-        stored = EntityState(
-            key=state.key,
-            payload=state.payload,
-            clock=state.clock,
-            deleted=state.deleted,
-            ts=state.ts,
-            device_id=state.device_id,
-            seq=self._seq,
-        )
+        stored = replace(state, seq=self._seq)
         self._pending.pop(state.key, None)
         self._pending[state.key] = stored  # insertion order = seq order
         return stored
@@ -223,8 +280,6 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        # SQLite has one writer at a time; queue writers here rather than on its busy lock.
-        self._sqlite_lock = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @asynccontextmanager
     async def write(self, tenant_id: str, now: datetime) -> AsyncIterator[SqlWriteTx]:
@@ -239,17 +294,10 @@ class SqlStore:
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[Conn]:
-        """Every write transaction. On SQLite one at a time in this process, queued here: the
-        statements run inline (storage/inline_sqlite.py), so waiting on SQLite's own lock would
-        stall the event loop."""
-        if self._sqlite_lock is not None:
-            await self._sqlite_lock.acquire()
-        try:
-            async with self.engine.begin() as conn:
-                yield conn
-        finally:
-            if self._sqlite_lock is not None:
-                self._sqlite_lock.release()
+        """Every write transaction. On SQLite the engine runs them one at a time and commits
+        them in groups (storage/inline_sqlite.py); on PostgreSQL each is its own."""
+        async with self.engine.begin() as conn:
+            yield conn
 
     async def _lock_tenant(self, conn: Conn, tenant_id: str) -> int:
         sql = _statements(self.dialect)
@@ -262,10 +310,8 @@ class SqlStore:
     async def head(self, tenant_id: str) -> tuple[int, int]:
         """(head seq, tombstone horizon) of the tenant's log, as committed."""
         async with self.engine.connect() as conn:
-            stmt = select(tenant_seq.c.seq, tenant_seq.c.horizon).where(
-                tenant_seq.c.tenant_id == tenant_id
-            )
-            row = (await conn.execute(stmt)).first()
+            sql = _statements(self.dialect)
+            row = (await conn.execute(sql.head_select, {"b_tenant": tenant_id})).first()
         return (0, 0) if row is None else (int(row.seq), int(row.horizon))
 
     async def read_changes(
@@ -276,23 +322,13 @@ class SqlStore:
         limit: int,
         skip_tombstones_upto: int,
     ) -> list[Change]:
-        # The tenant's shared entities and the user's, each read in seq order from its own
-        # range of ix_entities_owner_log (at most `limit` rows each), then merged: the log
-        # index alone would walk every other user's changes since the cursor to find these.
-        c = entities.c
-
-        def owned_by(owner: str) -> Any:
-            branch = select(c.entity_type, c.entity_id, c.deleted, c.seq, c.payload, c.clock)
-            branch = branch.where(c.tenant_id == tenant_id, c.owner == owner, c.seq > after_seq)
-            if skip_tombstones_upto > after_seq:
-                branch = branch.where(or_(c.deleted.is_(False), c.seq > skip_tombstones_upto))
-            return select(branch.order_by(c.seq).limit(limit).subquery())
-
-        owners = dict.fromkeys(("", user_id))
-        both = union_all(*(owned_by(owner) for owner in owners)).subquery()
-        stmt = select(both).order_by(both.c.seq).limit(limit)
+        skip = skip_tombstones_upto > after_seq
+        stmt = _statements(self.dialect).changes[(1 if user_id == "" else 2, skip)]
+        params = {"b_tenant": tenant_id, "b_user": user_id, "b_after": after_seq, "b_limit": limit}
+        if skip:
+            params["b_skip"] = skip_tombstones_upto
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()  # one fetch, not one call per row
+            rows = (await conn.execute(stmt, params)).all()  # one fetch, not one call per row
         return [
             Change(etype, eid, bool(deleted), seq, payload, clock)
             for etype, eid, deleted, seq, payload, clock in rows
@@ -312,11 +348,9 @@ class SqlStore:
     # -- devices ------------------------------------------------------------------------
 
     async def get_device(self, tenant_id: str, device_id: str) -> DeviceHealth | None:
-        stmt = select(devices).where(
-            devices.c.tenant_id == tenant_id, devices.c.device_id == device_id
-        )
+        stmt = _statements(self.dialect).device_select
         async with self.engine.connect() as conn:
-            row = (await conn.execute(stmt)).first()
+            row = (await conn.execute(stmt, {"b_tenant": tenant_id, "b_device": device_id})).first()
         return None if row is None else codec.device_from_row(row)
 
     async def save_device(self, registration: SyncRegistration, now: datetime) -> None:
@@ -359,17 +393,14 @@ class SqlStore:
             )
 
     async def touch_device(self, tenant_id: str, device_id: str, now: datetime) -> None:
-        await self._update_device(tenant_id, device_id, last_seen_at=codec.to_ts(now))
+        params = {"b_tenant": tenant_id, "b_device": device_id, "b_now": codec.to_ts(now)}
+        async with self._writing() as conn:
+            await conn.execute(_statements(self.dialect).device_touch, params)
 
     async def record_ack(self, tenant_id: str, device_id: str, seq: int, now: datetime) -> None:
-        await self._update_device(
-            tenant_id,
-            device_id,
-            last_ack_at=codec.to_ts(now),
-            last_ack_seq=func.max(devices.c.last_ack_seq, seq)
-            if self.dialect == "sqlite"
-            else func.greatest(devices.c.last_ack_seq, seq),
-        )
+        params = {"b_tenant": tenant_id, "b_device": device_id, "b_now": codec.to_ts(now)}
+        async with self._writing() as conn:
+            await conn.execute(_statements(self.dialect).device_ack, {**params, "b_seq": seq})
 
     async def record_full_resync(self, tenant_id: str, device_id: str) -> None:
         await self._update_device(tenant_id, device_id, full_resyncs=devices.c.full_resyncs + 1)
@@ -513,7 +544,7 @@ class SqlStore:
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
-            await conn.execute(select(1))
+            (await conn.execute(select(1))).scalar_one()
 
     async def close(self) -> None:
         await self.engine.dispose()

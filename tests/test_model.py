@@ -27,6 +27,7 @@ from crdt_sync.model import (
     canonical_json,
     check_id,
     rfc3339,
+    same_json,
 )
 from crdt_sync.vector_clock import VectorClock
 from storage import codec
@@ -471,3 +472,35 @@ def test_canonical_json_is_key_order_independent() -> None:
         {"a": [1, {"c": 3, "d": 2}], "b": 1}
     )
     assert canonical_json({"é": 1}) == '{"é":1}'
+
+
+# floats, bools and ints that compare equal in Python but encode differently
+close_scalars = st.sampled_from([0, 0.0, -0.0, 1, 1.0, True, False, None, "1", ""])
+json_like = st.recursive(
+    close_scalars | json_values,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(json_like, json_like)
+@settings(max_examples=500)
+def test_same_json_agrees_with_canonical_json(a: Any, b: Any) -> None:
+    assert same_json(a, b) == (canonical_json(a) == canonical_json(b))
+    assert same_json(a, a) and same_json(b, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"x": 1}, {"x": 1.0}),
+        ({"x": 1}, {"x": True}),
+        ([0.0], [-0.0]),
+        ({"x": 1}, {"x": 1, "y": 2}),
+    ],
+)
+def test_same_json_tells_apart_what_python_calls_equal(a: Any, b: Any) -> None:
+    assert a == b or a.keys() != b.keys()
+    assert not same_json(a, b)

@@ -126,3 +126,37 @@ async def test_missing_and_malformed_authorization(keyed_server: Server) -> None
         r = await http.post("/sync/v1/devices", json={"device_id": "d"}, headers=headers)
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "unauthorized"
+
+
+def test_remembered_tokens_still_expire_and_stay_per_server() -> None:
+    """The server remembers verified tokens (web/auth.py TokenCache), but a remembered token
+    stops working when it expires, and one server's tokens mean nothing to another's."""
+    from protocol.errors import AuthError
+    from web.auth import LEEWAY_S, TokenCache
+
+    cache = TokenCache(Config(jwt_secret="one-secret-of-32-bytes-or-more!!"))
+    other = TokenCache(Config(jwt_secret="another-secret-of-32-bytes-or-more"))
+    # expires (leeway included) a second from now
+    token = jwt.encode(
+        claims(exp=int(time.time()) - LEEWAY_S + 2), cache.config.jwt_secret, algorithm="HS256"
+    )
+    first = cache.decode(token)
+    assert cache.decode(token) is first  # remembered
+    with pytest.raises(AuthError):
+        other.decode(token)
+    time.sleep(2.2)
+    with pytest.raises(AuthError, match="expired"):
+        cache.decode(token)
+
+
+def test_remembered_tokens_are_bounded() -> None:
+    from web.auth import TokenCache
+
+    cache = TokenCache(Config(jwt_secret="one-secret-of-32-bytes-or-more!!"), size=3)
+    tokens = [
+        jwt.encode(claims(sub=f"u{n}"), cache.config.jwt_secret, algorithm="HS256")
+        for n in range(5)
+    ]
+    for token in tokens:
+        cache.decode(token)
+    assert list(cache._verified) == tokens[2:]

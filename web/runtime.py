@@ -15,7 +15,7 @@ from protocol.cursor import CursorCodec
 from protocol.errors import AuthError, BodyTooLarge
 from protocol.integrity import derive_device_secret, verify
 from storage.store import SqlStore
-from web.auth import Principal, bearer, decode_token
+from web.auth import Principal, TokenCache, bearer
 from web.config import Config
 from web.limits import Buckets
 from web.metrics import Metrics
@@ -33,7 +33,11 @@ class Runtime:
     metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)
     buckets: Buckets = field(default_factory=Buckets)
+    tokens: TokenCache = field(init=False)
     _last_touch: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tokens = TokenCache(self.config)
 
     def device_secret(self, tenant_id: str, device_id: str, generation: int) -> str:
         return derive_device_secret(self.config.server_key, tenant_id, device_id, generation)
@@ -58,7 +62,7 @@ def runtime() -> Runtime:
 
 
 def principal_from(token: str) -> Principal:
-    return decode_token(runtime().config, token)
+    return runtime().tokens.decode(token)
 
 
 def authenticate(*roles: str) -> Principal:
