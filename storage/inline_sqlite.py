@@ -170,6 +170,9 @@ class InlineEngine:
                 yield InlineConnection(batch.conn)
             except BaseException:
                 self._undo(writer, batch)
+                # Wake the committer even so: the batch may hold nothing else, but its open
+                # transaction keeps the file's write lock that the failed statements took.
+                writer.wake.set()
                 raise
             batch.raw.execute("RELEASE w")
             batch.size += 1

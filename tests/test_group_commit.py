@@ -156,3 +156,29 @@ async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
         assert len(await stored(reopened)) == 5
     finally:
         await reopened.close()
+
+
+async def test_a_lone_failing_writer_does_not_keep_the_file_locked(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    """Its statements took SQLite's write lock; rolling back to its savepoint keeps the
+    transaction (and the lock) open until the batch ends, so the batch must end now, not at
+    the next write: another process (`crdt-sync prune`) would wait on it meanwhile."""
+    import sqlite3
+
+    with pytest.raises(ValueError):
+        await put(store, 1, fail=True)
+    other = sqlite3.connect(tmp_path / "crdt-sync.db", timeout=0, isolation_level=None)
+    try:
+        for _ in range(100):
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                break
+            except sqlite3.OperationalError:
+                await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the database stayed locked after a failed write")
+    finally:
+        other.close()
+    assert await stored(store) == {}
