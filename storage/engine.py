@@ -9,7 +9,7 @@ from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from storage.inline_sqlite import Engine, InlineEngine, use_explicit_transactions
+from storage.inline_sqlite import Engine, InlineEngine
 from storage.schema import migrate
 from storage.store import SqlStore
 
@@ -52,7 +52,6 @@ def create_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        use_explicit_transactions(sync_engine)
         return InlineEngine(sync_engine)
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,15 +41,11 @@ from sqlalchemy import Engine as SyncEngine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
-def use_explicit_transactions(sync_engine: SyncEngine) -> None:
-    """Put Python's sqlite3 module in autocommit mode: it would otherwise open a transaction
-    itself at the first INSERT, so the SAVEPOINT a batch starts with would open it instead and
-    its RELEASE would commit. A write batch issues its own BEGIN (`_Batch`); a read is a
-    statement on its own, SQLite's implicit transaction."""
-
-    @event.listens_for(sync_engine, "connect")
-    def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
+def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
+    """Python's sqlite3 module would otherwise open a transaction itself at the first INSERT,
+    so the SAVEPOINT a batch starts with would open it instead and its RELEASE would commit.
+    A write batch issues its own BEGIN (`_Batch`); a read is a statement on its own."""
+    dbapi_conn.isolation_level = None
 
 
 class InlineConnection:
@@ -79,7 +75,6 @@ class _Batch:
         self.raw: Any = raw
         self.raw.execute("BEGIN")
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.size = 0
 
     def commit_and_close(self) -> None:
         try:
@@ -111,18 +106,19 @@ class _Batch:
 class _Writer:
     """The per-event-loop part of group commit: the writer lock, the open batch, the committer."""
 
-    def __init__(self) -> None:
+    def __init__(self, commit_batches: Callable[[_Writer], Coroutine[Any, Any, None]]) -> None:
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.batch: _Batch | None = None
-        self.committer: asyncio.Task[None] | None = None
+        self.committer = asyncio.create_task(commit_batches(self))
 
 
 class InlineEngine:
     """The subset of `AsyncEngine` the store uses, over a sync engine."""
 
     def __init__(self, sync_engine: SyncEngine) -> None:
+        event.listen(sync_engine, "connect", _autocommit_driver)
         self.sync_engine = sync_engine
         self.dialect = sync_engine.dialect
         self._writer: _Writer | None = None
@@ -170,13 +166,13 @@ class InlineEngine:
                 yield InlineConnection(batch.conn)
             except BaseException:
                 self._undo(writer, batch)
-                # Wake the committer even so: the batch may hold nothing else, but its open
+                raise
+            else:
+                batch.raw.execute("RELEASE w")
+            finally:
+                # After a failure too: the batch may hold nothing else, but its open
                 # transaction keeps the file's write lock that the failed statements took.
                 writer.wake.set()
-                raise
-            batch.raw.execute("RELEASE w")
-            batch.size += 1
-            writer.wake.set()
         # Shielded: a cancelled caller leaves its writes to the batch, committed or not.
         await asyncio.shield(batch.done)
 
@@ -194,8 +190,7 @@ class InlineEngine:
     def _writer_for_this_loop(self) -> _Writer:
         writer = self._writer
         if writer is None or writer.loop is not asyncio.get_running_loop():
-            writer = self._writer = _Writer()
-            writer.committer = asyncio.create_task(self._commit_batches(writer))
+            writer = self._writer = _Writer(self._commit_batches)
         return writer
 
     async def _commit_batches(self, writer: _Writer) -> None:
@@ -229,10 +224,9 @@ class InlineEngine:
                     await asyncio.shield(batch.done)
             async with writer.lock:  # a COMMIT in flight has finished
                 pass
-            if writer.committer is not None:
-                writer.committer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer.committer
+            writer.committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer.committer
         self._drop_reader()
         self.sync_engine.dispose()
 

@@ -75,6 +75,7 @@ class _Statements:
     device_select: Any
     device_touch: Any
     device_ack: Any
+    device_resync: Any
     # read_changes by (number of owners, tombstones skipped up to a snapshot)
     changes: dict[tuple[int, bool], Any]
 
@@ -107,6 +108,11 @@ def _statements(dialect_name: str) -> _Statements:
     )
     upsert = dialect.insert(entities)
     entity_keys = ("tenant_id", "entity_type", "entity_id", "owner")
+    device_is = (
+        devices.c.tenant_id == bindparam("b_tenant"),
+        devices.c.device_id == bindparam("b_device"),
+    )
+    device_update = update(devices).where(*device_is)
     return _Statements(
         lock_insert=lock_insert.on_conflict_do_nothing(),
         lock_select=select(tenant_seq.c.seq)
@@ -137,22 +143,10 @@ def _statements(dialect_name: str) -> _Statements:
         head_select=select(tenant_seq.c.seq, tenant_seq.c.horizon).where(
             tenant_seq.c.tenant_id == bindparam("b_tenant")
         ),
-        device_select=select(devices).where(
-            devices.c.tenant_id == bindparam("b_tenant"),
-            devices.c.device_id == bindparam("b_device"),
-        ),
-        device_touch=update(devices)
-        .where(
-            devices.c.tenant_id == bindparam("b_tenant"),
-            devices.c.device_id == bindparam("b_device"),
-        )
-        .values(last_seen_at=bindparam("b_now")),
-        device_ack=update(devices)
-        .where(
-            devices.c.tenant_id == bindparam("b_tenant"),
-            devices.c.device_id == bindparam("b_device"),
-        )
-        .values(
+        device_select=select(devices).where(*device_is),
+        device_touch=device_update.values(last_seen_at=bindparam("b_now")),
+        device_resync=device_update.values(full_resyncs=devices.c.full_resyncs + 1),
+        device_ack=device_update.values(
             last_ack_at=bindparam("b_now"),
             last_ack_seq=(func.greatest if dialect_name == "postgresql" else func.max)(
                 devices.c.last_ack_seq, bindparam("b_seq", type_=BigInteger)
@@ -384,26 +378,26 @@ class SqlStore:
         async with self.engine.connect() as conn:
             return [codec.device_from_row(row) for row in await conn.execute(stmt)]
 
-    async def _update_device(self, tenant_id: str, device_id: str, **values: Any) -> None:
+    async def _update_device(
+        self, stmt: Any, tenant_id: str, device_id: str, **params: Any
+    ) -> None:
+        """One of the prebuilt device updates (bound `b_*` parameters) in its own write."""
         async with self._writing() as conn:
-            await conn.execute(
-                update(devices)
-                .where(devices.c.tenant_id == tenant_id, devices.c.device_id == device_id)
-                .values(**values)
-            )
+            await conn.execute(stmt, {"b_tenant": tenant_id, "b_device": device_id, **params})
 
     async def touch_device(self, tenant_id: str, device_id: str, now: datetime) -> None:
-        params = {"b_tenant": tenant_id, "b_device": device_id, "b_now": codec.to_ts(now)}
-        async with self._writing() as conn:
-            await conn.execute(_statements(self.dialect).device_touch, params)
+        sql = _statements(self.dialect)
+        await self._update_device(sql.device_touch, tenant_id, device_id, b_now=codec.to_ts(now))
 
     async def record_ack(self, tenant_id: str, device_id: str, seq: int, now: datetime) -> None:
-        params = {"b_tenant": tenant_id, "b_device": device_id, "b_now": codec.to_ts(now)}
-        async with self._writing() as conn:
-            await conn.execute(_statements(self.dialect).device_ack, {**params, "b_seq": seq})
+        sql = _statements(self.dialect)
+        await self._update_device(
+            sql.device_ack, tenant_id, device_id, b_now=codec.to_ts(now), b_seq=seq
+        )
 
     async def record_full_resync(self, tenant_id: str, device_id: str) -> None:
-        await self._update_device(tenant_id, device_id, full_resyncs=devices.c.full_resyncs + 1)
+        sql = _statements(self.dialect)
+        await self._update_device(sql.device_resync, tenant_id, device_id)
 
     # -- conflicts and archive ----------------------------------------------------------
 

@@ -41,14 +41,8 @@ def verification_keys(config: Config) -> list[JwtKey]:
     return keys
 
 
-def decode_token(config: Config, token: str) -> Principal:
-    """Verify a bearer JWT: the key is chosen by `kid`, the algorithm must be that key's
-    (never `none`), `exp`, `sub` and `tid` are required, with a small leeway."""
-    return _decode(config, token)[0]
-
-
 class TokenCache:
-    """`decode_token` for a server's config, remembering the tokens it verified until they
+    """`verify_token` for a server's config, remembering the tokens it verified until they
     expire. A device sends the same token with every request; verifying its signature each
     time was a tenth of the CPU of a small request. Only what decoding establishes is
     remembered (the token text maps to its claims); the device binding (revocation,
@@ -65,14 +59,17 @@ class TokenCache:
             if time.time() <= hit[1] + LEEWAY_S:
                 return hit[0]
             del self._verified[token]
-        principal, expires = _decode(self.config, token)
+        principal, expires = verify_token(self.config, token)
         if len(self._verified) >= self.size:
             del self._verified[next(iter(self._verified))]  # the oldest
         self._verified[token] = (principal, expires)
         return principal
 
 
-def _decode(config: Config, token: str) -> tuple[Principal, float]:
+def verify_token(config: Config, token: str) -> tuple[Principal, float]:
+    """Verify a bearer JWT: the key is chosen by `kid`, the algorithm must be that key's
+    (never `none`), `exp`, `sub` and `tid` are required, with a small leeway. Returns the
+    principal and the token's `exp`."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
