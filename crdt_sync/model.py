@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import enum
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +89,14 @@ class EntityState:
     def op(self) -> Op:
         return "delete" if self.deleted else "put"
 
+    def at(self, seq: int) -> EntityState:
+        """This state at log position `seq`: a copy that skips the checks it already passed
+        (`dataclasses.replace` would run them all again, for every entity a push writes)."""
+        check_count(seq, "seq")
+        moved = copy.copy(self)
+        object.__setattr__(moved, "seq", seq)
+        return moved
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -147,6 +157,12 @@ class MutationResult:
     clock: VectorClock | None = None
     conflict_id: str | None = None
     error: dict[str, str] | None = None
+
+    @functools.cached_property
+    def encoded(self) -> str:
+        """`canonical_json(self.to_json())`, once: a push stores it as the idempotency record
+        and sends it back in the response."""
+        return canonical_json(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -148,20 +148,24 @@ class SyncService:
         now = self.clock.now()
         async with self.store.write(ctx.tenant_id, now) as tx:
             prior = await tx.get_results(ctx.device_id, [m.mutation_id for m in mutations])
-            keys = []
+            # each mutation's entity key, None for an unknown type (rejected by _apply)
+            keys: list[EntityKey | None] = []
             for m in mutations:
                 etype = self.registry.get(m.entity_type)
-                if etype is not None:
-                    keys.append(self.key_for(ctx.tenant_id, etype, m.entity_id, ctx.user_id))
-            states = await tx.get_entities(keys)
+                keys.append(
+                    None
+                    if etype is None
+                    else self.key_for(ctx.tenant_id, etype, m.entity_id, ctx.user_id)
+                )
+            states = await tx.get_entities([k for k in keys if k is not None])
             results: list[MutationResult] = []
             fresh: list[MutationResult] = []
-            for m in mutations:
+            for m, key in zip(mutations, keys, strict=True):
                 first = prior.get(m.mutation_id)
                 if first is not None:
                     results.append(replace(first, status=Status.DUPLICATE))
                     continue
-                result = await self._apply(tx, ctx, m, states, now)
+                result = await self._apply(tx, ctx, m, key, states, now)
                 prior[m.mutation_id] = result
                 fresh.append(result)
                 results.append(result)
@@ -173,6 +177,7 @@ class SyncService:
         tx: WriteTx,
         ctx: DeviceContext,
         m: LocalMutation,
+        key: EntityKey | None,
         states: dict[EntityKey, EntityState],
         now: datetime,
     ) -> MutationResult:
@@ -182,7 +187,7 @@ class SyncService:
             )
 
         etype = self.registry.get(m.entity_type)
-        if etype is None:
+        if etype is None or key is None:
             return rejected("unknown_entity_type", f"no entity type {m.entity_type!r}")
         if not etype.device_writable:
             return rejected("read_only", f"{etype.name!r} is written by the server only")
@@ -195,7 +200,6 @@ class SyncService:
             if problems:
                 return rejected("invalid_payload", "; ".join(problems))
 
-        key = self.key_for(ctx.tenant_id, etype, m.entity_id, ctx.user_id)
         stored = states.get(key)
         now_ms = int(now.timestamp() * 1000)
         ts = now_ms if m.ts is None else min(m.ts, now_ms + self.settings.max_future_skew_ms)

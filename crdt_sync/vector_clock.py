@@ -7,6 +7,7 @@ stores zeros and two clocks that differ only by explicit zeros are equal.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class VectorClock(Mapping[str, int]):
         which on a push or a pull is done for every entity read."""
         clock = object.__new__(cls)
         object.__setattr__(clock, "_entries", tuple(json.loads(text).items()))
+        clock.__dict__["canonical"] = text
         return clock
 
     @classmethod
@@ -77,6 +79,14 @@ class VectorClock(Mapping[str, int]):
 
     def to_json(self) -> dict[str, int]:
         return dict(self._entries)
+
+    @functools.cached_property
+    def canonical(self) -> str:
+        """`canonical_json(self.to_json())`, encoded once per clock (a push stores a new
+        entity's clock and sends it back in the result)."""
+        return json.dumps(
+            dict(self._entries), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
 
     # Mapping protocol
     def __getitem__(self, node: str) -> int:

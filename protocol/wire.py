@@ -14,7 +14,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from crdt_sync.errors import InvalidInput
-from crdt_sync.model import Change, LocalMutation, check_id
+from crdt_sync.model import Change, LocalMutation, MutationResult, check_id
 from crdt_sync.vector_clock import VectorClock
 from protocol.errors import BadRequest, PayloadTooLarge
 
@@ -165,3 +165,8 @@ def pull_body(changes: Sequence[Change], cursor: str, has_more: bool) -> str:
     )
     more = "true" if has_more else "false"
     return f'{{"changes":[{items}],"cursor":{_quote(cursor)},"has_more":{more}}}'
+
+
+def push_body(results: Sequence[MutationResult]) -> str:
+    """The push response, from the JSON each result was stored as (`MutationResult.encoded`)."""
+    return '{"results":[' + ",".join(r.encoded for r in results) + "]}"

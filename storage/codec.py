@@ -16,6 +16,7 @@ from crdt_sync.model import (
 )
 from crdt_sync.ports import DeviceHealth, Snapshot
 from crdt_sync.vector_clock import VectorClock
+from storage.schema import entities
 
 
 def to_ts(moment: datetime) -> float:
@@ -26,34 +27,41 @@ def from_ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def entity_row(state: EntityState, now: datetime) -> dict[str, Any]:
+# `entities`' columns in table order: the order of an entity row's values and of a
+# `select(entities)` row
+ENTITY_COLUMNS = tuple(entities.c.keys())
+
+
+def entity_values(state: EntityState, now: datetime) -> tuple[Any, ...]:
+    """An entity's row, as values in `ENTITY_COLUMNS` order."""
     key = state.key
-    return {
-        "tenant_id": key.tenant_id,
-        "entity_type": key.entity_type,
-        "entity_id": key.entity_id,
-        "owner": key.owner,
-        "payload": None
-        if state.payload is None
-        else state.payload_json or canonical_json(state.payload),
-        "clock": canonical_json(state.clock.to_json()),
-        "deleted": state.deleted,
-        "ts": state.ts,
-        "device_id": state.device_id,
-        "seq": state.seq,
-        "updated_at": to_ts(now),
-    }
+    payload = state.payload
+    return (
+        key.tenant_id,
+        key.entity_type,
+        key.entity_id,
+        key.owner,
+        None if payload is None else state.payload_json or canonical_json(payload),
+        state.clock.canonical,
+        state.deleted,
+        state.ts,
+        state.device_id,
+        state.seq,
+        to_ts(now),
+    )
 
 
 def entity_from_row(row: Any) -> EntityState:
+    """An entity from a row of `select(entities)` (or values in `ENTITY_COLUMNS` order)."""
+    tenant_id, entity_type, entity_id, owner, payload, clock, deleted, ts, device, seq, _ = row
     return EntityState(
-        key=EntityKey(row.tenant_id, row.entity_type, row.entity_id, row.owner),
-        payload=None if row.payload is None else json.loads(row.payload),
-        clock=VectorClock.from_stored(row.clock),
-        deleted=bool(row.deleted),
-        ts=int(row.ts),
-        device_id=row.device_id,
-        seq=int(row.seq),
+        key=EntityKey(tenant_id, entity_type, entity_id, owner),
+        payload=None if payload is None else json.loads(payload),
+        clock=VectorClock.from_stored(clock),
+        deleted=bool(deleted),
+        ts=int(ts),
+        device_id=device,
+        seq=int(seq),
     )
 
 

@@ -58,6 +58,13 @@ class InlineConnection:
     async def execute(self, statement: Executable, parameters: Any = None) -> Any:
         return self.sync_connection.execute(statement, parameters)
 
+    @property
+    def driver(self) -> Any:
+        """The sqlite3 connection under this one, in the same transaction: the store runs its
+        hottest statements on it directly (SQL compiled once by SQLAlchemy, parameters as
+        tuples), without SQLAlchemy's per-statement and per-row parameter processing."""
+        return self.sync_connection.connection.dbapi_connection
+
     async def run_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(self.sync_connection, *args, **kwargs)
 

@@ -480,3 +480,31 @@ def test_pull_body_is_the_json_of_the_changes(
     }
     assert json.loads(body) == expected
     body.encode("utf-8")  # what the response sends: no lone surrogates from the ids
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1),
+            st.sampled_from(["applied", "merged", "conflict", "stale", "duplicate", "rejected"]),
+            st.none() | st.dictionaries(st.text(min_size=1, max_size=5), st.integers(1, 2**53 - 1)),
+            st.none() | st.text(min_size=1),
+            st.none() | st.fixed_dictionaries({"code": st.text(), "message": st.text()}),
+        ),
+        max_size=5,
+    )
+)
+def test_push_body_is_the_json_of_the_results(
+    rows: list[tuple[str, str, dict[str, int] | None, str | None, dict[str, str] | None]],
+) -> None:
+    """The push response is assembled from each result's stored encoding; it must parse to
+    exactly the results' JSON, whatever the ids, clocks and error texts hold."""
+    from crdt_sync.model import MutationResult, Status
+
+    results = [
+        MutationResult(mid, Status(status), None if c is None else VectorClock.of(c), cid, err)
+        for mid, status, c, cid, err in rows
+    ]
+    body = json.loads(wire.push_body(results))
+    assert body == {"results": [r.to_json() for r in results]}

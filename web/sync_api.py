@@ -57,7 +57,7 @@ async def push() -> Response:
     results = await rt.service.push(ctx, mutations)
     for result in results:
         rt.metrics.mutations.labels(result.status.value).inc()
-    return jsonify({"results": [r.to_json() for r in results]})
+    return Response(wire.push_body(results), content_type="application/json")
 
 
 @bp.get("/pull")
