@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import enum
 import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Literal
 
 from crdt_sync.errors import InvalidInput
@@ -93,8 +93,8 @@ class EntityState:
         """This state at log position `seq`: a copy that skips the checks it already passed
         (`dataclasses.replace` would run them all again, for every entity a push writes)."""
         check_count(seq, "seq")
-        moved = copy.copy(self)
-        object.__setattr__(moved, "seq", seq)
+        moved = object.__new__(EntityState)
+        moved.__dict__.update(self.__dict__, seq=seq)
         return moved
 
 
@@ -161,8 +161,16 @@ class MutationResult:
     @functools.cached_property
     def encoded(self) -> str:
         """`canonical_json(self.to_json())`, once: a push stores it as the idempotency record
-        and sends it back in the response."""
-        return canonical_json(self.to_json())
+        and sends it back in the response. Assembled in sorted key order around the clock's
+        own remembered encoding (the stored entity's row already made it)."""
+        parts = ['{"clock":', "null" if self.clock is None else self.clock.canonical]
+        if self.conflict_id is not None:
+            parts += [',"conflict_id":', encode_basestring(self.conflict_id)]
+        if self.error is not None:
+            parts += [',"error":', canonical_json(self.error)]
+        parts += [',"mutation_id":', encode_basestring(self.mutation_id)]
+        parts += [',"status":', encode_basestring(self.status.value), "}"]
+        return "".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -66,23 +66,38 @@ def entity_from_row(row: Any) -> EntityState:
 
 
 def device_from_row(row: Any) -> DeviceHealth:
-    created = from_ts(row.created_at)
+    """A device from a row of `select(devices)` (values in the table's column order)."""
+    (
+        tenant_id,
+        device_id,
+        user_id,
+        name,
+        platform,
+        generation,
+        revoked,
+        created_at,
+        last_seen_at,
+        last_ack_at,
+        last_ack_seq,
+        full_resyncs,
+    ) = row
+    created = from_ts(created_at)
     assert created is not None
     return DeviceHealth(
         registration=SyncRegistration(
-            tenant_id=row.tenant_id,
-            device_id=row.device_id,
-            user_id=row.user_id,
-            generation=int(row.generation),
-            revoked=bool(row.revoked),
-            name=row.name,
-            platform=row.platform,
+            tenant_id=tenant_id,
+            device_id=device_id,
+            user_id=user_id,
+            generation=int(generation),
+            revoked=bool(revoked),
+            name=name,
+            platform=platform,
         ),
         created_at=created,
-        last_seen_at=from_ts(row.last_seen_at),
-        last_ack_at=from_ts(row.last_ack_at),
-        last_ack_seq=int(row.last_ack_seq),
-        full_resyncs=int(row.full_resyncs),
+        last_seen_at=from_ts(last_seen_at),
+        last_ack_at=from_ts(last_ack_at),
+        last_ack_seq=int(last_ack_seq),
+        full_resyncs=int(full_resyncs),
     )
 
 

@@ -104,13 +104,37 @@ _SQLITE = sqlite.dialect()
 
 
 @functools.cache
-def _sqlite_text(stmt: Any, params: tuple[str, ...]) -> str:
-    """A prebuilt statement as SQLite SQL whose `?` parameters take values in `params` order,
-    for the driver's own execute/executemany (`InlineConnection.driver`)."""
-    compiled = stmt.compile(dialect=_SQLITE, column_keys=list(params))
-    if tuple(compiled.positiontup or ()) != params:  # pragma: no cover - a programming error
-        raise AssertionError(f"parameters {compiled.positiontup} are not {params}")
-    return str(compiled)
+def _sqlite_text(stmt: Any, columns: tuple[str, ...] = ()) -> tuple[str, tuple[Any, ...]]:
+    """A prebuilt statement as SQLite SQL for the driver (`InlineConnection.driver`), and what
+    its `?` take in order: the name of a bound `b_*` parameter, or `_Fixed(value)` for a value
+    built into the statement. `columns`: an insert's columns, when its rows are given."""
+    compiled = stmt.compile(dialect=_SQLITE, column_keys=list(columns) or None)
+    binds = compiled.binds
+    order = tuple(
+        name if name.startswith("b_") or name in columns else _Fixed(binds[name].effective_value)
+        for name in compiled.positiontup or ()
+    )
+    return str(compiled), order
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    value: Any
+
+
+def _sqlite_params(order: tuple[Any, ...], params: dict[str, Any]) -> list[Any]:
+    return [p.value if isinstance(p, _Fixed) else params[p] for p in order]
+
+
+async def _fetch(conn: Conn, stmt: Any, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+    """All rows of a prebuilt statement with bound `b_*` parameters (none for an update). On
+    SQLite it runs on the driver: through SQLAlchemy, its per-statement work cost more than a
+    small statement itself (about 7% of the open-loop model's CPU, docs/benchmarks.md)."""
+    if isinstance(conn, InlineConnection):
+        sql, order = _sqlite_text(stmt)
+        return conn.driver.execute(sql, _sqlite_params(order, params)).fetchall()  # type: ignore[no-any-return]
+    result = await conn.execute(stmt, params)
+    return result.all() if result.returns_rows else []  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=4 * CHUNK)
@@ -271,8 +295,8 @@ class SqlWriteTx:
         if self._results:
             await self._insert_many(self._sql.results_insert, RESULT_COLUMNS, self._results)
             self._results.clear()
-        await self._conn.execute(
-            self._sql.seq_update, {"b_tenant": self._tenant, "b_seq": self._seq}
+        await _fetch(
+            self._conn, self._sql.seq_update, {"b_tenant": self._tenant, "b_seq": self._seq}
         )
 
     # On SQLite the hottest statements go to the driver itself (`InlineConnection.driver`):
@@ -295,7 +319,10 @@ class SqlWriteTx:
         """A prebuilt insert (or upsert) of rows given as values in `columns` order."""
         conn = self._conn
         if isinstance(conn, InlineConnection):
-            conn.driver.executemany(_sqlite_text(stmt, columns), rows)
+            sql, order = _sqlite_text(stmt, columns)
+            if order != columns:  # pragma: no cover - a programming error
+                raise AssertionError(f"{stmt} takes {order}, not {columns}")
+            conn.driver.executemany(sql, rows)
             return
         for part in _chunks(rows, 500):
             await conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in part])
@@ -333,9 +360,9 @@ class SqlStore:
 
     async def _lock_tenant(self, conn: Conn, tenant_id: str) -> int:
         sql = _statements(self.dialect)
-        await conn.execute(sql.lock_insert, {"b_tenant": tenant_id})
-        result = await conn.execute(sql.lock_select, {"b_tenant": tenant_id})
-        return int(result.scalar_one())
+        await _fetch(conn, sql.lock_insert, {"b_tenant": tenant_id})
+        ((seq,),) = await _fetch(conn, sql.lock_select, {"b_tenant": tenant_id})
+        return int(seq)
 
     # -- change log ---------------------------------------------------------------------
 
@@ -343,8 +370,8 @@ class SqlStore:
         """(head seq, tombstone horizon) of the tenant's log, as committed."""
         async with self.engine.connect() as conn:
             sql = _statements(self.dialect)
-            row = (await conn.execute(sql.head_select, {"b_tenant": tenant_id})).first()
-        return (0, 0) if row is None else (int(row.seq), int(row.horizon))
+            rows = await _fetch(conn, sql.head_select, {"b_tenant": tenant_id})
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
     async def read_changes(
         self,
@@ -360,7 +387,7 @@ class SqlStore:
         if skip:
             params["b_skip"] = skip_tombstones_upto
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt, params)).all()  # one fetch, not one call per row
+            rows = await _fetch(conn, stmt, params)  # one fetch, not one call per row
         return [
             Change(etype, eid, bool(deleted), seq, payload, clock)
             for etype, eid, deleted, seq, payload, clock in rows
@@ -382,8 +409,8 @@ class SqlStore:
     async def get_device(self, tenant_id: str, device_id: str) -> DeviceHealth | None:
         stmt = _statements(self.dialect).device_select
         async with self.engine.connect() as conn:
-            row = (await conn.execute(stmt, {"b_tenant": tenant_id, "b_device": device_id})).first()
-        return None if row is None else codec.device_from_row(row)
+            rows = await _fetch(conn, stmt, {"b_tenant": tenant_id, "b_device": device_id})
+        return codec.device_from_row(rows[0]) if rows else None
 
     async def save_device(self, registration: SyncRegistration, now: datetime) -> None:
         """Insert a device or replace its registration (user, generation, revoked, name)."""
@@ -421,7 +448,7 @@ class SqlStore:
     ) -> None:
         """One of the prebuilt device updates (bound `b_*` parameters) in its own write."""
         async with self._writing() as conn:
-            await conn.execute(stmt, {"b_tenant": tenant_id, "b_device": device_id, **params})
+            await _fetch(conn, stmt, {"b_tenant": tenant_id, "b_device": device_id, **params})
 
     async def touch_device(self, tenant_id: str, device_id: str, now: datetime) -> None:
         sql = _statements(self.dialect)

@@ -31,6 +31,7 @@ from crdt_sync.model import (
 )
 from crdt_sync.vector_clock import VectorClock
 from storage import codec
+from storage.schema import devices
 
 PROPS = settings(max_examples=100, deadline=None)
 
@@ -323,7 +324,7 @@ def test_registration_round_trips_through_its_row(
     tenant: str, device: str, user: str, generation: int, revoked: bool
 ) -> None:
     reg = SyncRegistration(tenant, device, user, generation, revoked, "n", "p")
-    row = SimpleNamespace(
+    row = dict(
         **dataclasses.asdict(reg),
         created_at=NOW.timestamp(),
         last_seen_at=None,
@@ -331,7 +332,8 @@ def test_registration_round_trips_through_its_row(
         last_ack_seq=0,
         full_resyncs=0,
     )
-    assert codec.device_from_row(row).registration == reg
+    values = tuple(row[c.name] for c in devices.c)  # a row in the table's column order
+    assert codec.device_from_row(values).registration == reg
 
 
 # -- SyncCursor ---------------------------------------------------------------------------
@@ -509,3 +511,16 @@ def test_same_json_agrees_with_canonical_json(a: Any, b: Any) -> None:
 def test_same_json_tells_apart_what_python_calls_equal(a: Any, b: Any) -> None:
     assert a == b or a.keys() != b.keys()
     assert not same_json(a, b)
+
+
+@PROPS
+@given(payloads, clocks, st.integers(0, 2**40))
+def test_entity_state_at_a_seq_is_a_checked_copy(
+    payload: dict[str, Any], clock: VectorClock, seq: int
+) -> None:
+    state = EntityState(KEY, payload, clock, ts=5, device_id="d", payload_json="{}")
+    moved = state.at(seq)
+    assert moved == dataclasses.replace(state, seq=seq) and moved is not state
+    assert state.seq == 0 and moved.payload_json == "{}"
+    with pytest.raises(InvalidInput):
+        state.at(-1)
