@@ -8,12 +8,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from crdt_sync.errors import InvalidInput
 from crdt_sync.vector_clock import VectorClock
 
 MAX_ID = 200
+T = TypeVar("T")
 Op = Literal["put", "delete"]
 Scope = Literal["user", "tenant"]
 
@@ -25,6 +26,14 @@ def check_id(value: Any, what: str) -> str:
     if "\x00" in value:
         raise InvalidInput(f"{what} must not contain NUL")
     return value
+
+
+def _unchecked(cls: type[T], **fields: Any) -> T:
+    """An instance of a frozen dataclass (no slots) from all of its fields, without running
+    `__post_init__`: only for values that passed it before, such as rows the store wrote."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
 
 
 def check_count(value: Any, what: str, minimum: int = 0) -> int:
@@ -59,6 +68,14 @@ class EntityKey:
         if self.owner != "":
             check_id(self.owner, "owner")
 
+    @classmethod
+    def from_stored(cls, tenant_id: str, entity_type: str, entity_id: str, owner: str) -> EntityKey:
+        """A key as the store holds it (it passed the checks when written): not checked again,
+        which a push would do for each of the entities it reads."""
+        return _unchecked(
+            cls, tenant_id=tenant_id, entity_type=entity_type, entity_id=entity_id, owner=owner
+        )
+
 
 @dataclass(frozen=True)
 class EntityState:
@@ -89,13 +106,36 @@ class EntityState:
     def op(self) -> Op:
         return "delete" if self.deleted else "put"
 
+    @classmethod
+    def from_stored(
+        cls,
+        key: EntityKey,
+        payload: dict[str, Any] | None,
+        clock: VectorClock,
+        deleted: bool,
+        ts: int,
+        device_id: str,
+        seq: int,
+    ) -> EntityState:
+        """A state as the store holds it (it passed the checks when written): not checked
+        again."""
+        return _unchecked(
+            cls,
+            key=key,
+            payload=payload,
+            clock=clock,
+            deleted=deleted,
+            ts=ts,
+            device_id=device_id,
+            seq=seq,
+            payload_json=None,
+        )
+
     def at(self, seq: int) -> EntityState:
         """This state at log position `seq`: a copy that skips the checks it already passed
         (`dataclasses.replace` would run them all again, for every entity a push writes)."""
         check_count(seq, "seq")
-        moved = object.__new__(EntityState)
-        moved.__dict__.update(self.__dict__, seq=seq)
-        return moved
+        return _unchecked(EntityState, **{**self.__dict__, "seq": seq})
 
 
 @dataclass(frozen=True, slots=True)

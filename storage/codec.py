@@ -54,14 +54,14 @@ def entity_values(state: EntityState, now: datetime) -> tuple[Any, ...]:
 def entity_from_row(row: Any) -> EntityState:
     """An entity from a row of `select(entities)` (or values in `ENTITY_COLUMNS` order)."""
     tenant_id, entity_type, entity_id, owner, payload, clock, deleted, ts, device, seq, _ = row
-    return EntityState(
-        key=EntityKey(tenant_id, entity_type, entity_id, owner),
-        payload=None if payload is None else json.loads(payload),
-        clock=VectorClock.from_stored(clock),
-        deleted=bool(deleted),
-        ts=int(ts),
-        device_id=device,
-        seq=int(seq),
+    return EntityState.from_stored(
+        EntityKey.from_stored(tenant_id, entity_type, entity_id, owner),
+        None if payload is None else json.loads(payload),
+        VectorClock.from_stored(clock),
+        bool(deleted),
+        int(ts),
+        device,
+        int(seq),
     )
 
 

@@ -166,7 +166,9 @@ def test_entity_state_round_trips_through_its_row(
     row = dict(zip(codec.ENTITY_COLUMNS, values, strict=True))
     assert row["clock"] == canonical_json(clock.to_json())
     assert row["payload"] == (None if deleted else canonical_json(payload))
-    assert codec.entity_from_row(values) == state
+    back = codec.entity_from_row(values)  # built without re-running the checks
+    assert back == state and back.payload_json is None
+    assert {state.key: 1}[back.key] == 1  # found under the key a push computes
 
 
 # -- LocalMutation ------------------------------------------------------------------------
