@@ -10,6 +10,7 @@ from datetime import datetime
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Literal, TypeVar
 
+from crdt_sync.canonical import canonical_json
 from crdt_sync.errors import InvalidInput
 from crdt_sync.vector_clock import VectorClock
 
@@ -339,10 +340,6 @@ class ConflictRecord:
 
 def rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def same_json(a: Any, b: Any) -> bool:

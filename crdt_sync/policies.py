@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crdt_sync.model import EntityState, LocalMutation, Status, canonical_json, same_json
+from crdt_sync.canonical import canonical_json
+from crdt_sync.model import EntityState, LocalMutation, Status, same_json
 
 
 @dataclass(frozen=True)

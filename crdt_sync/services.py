@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from crdt_sync.canonical import canonical_json
 from crdt_sync.errors import Conflict, Forbidden, InvalidInput, NotFound, ResyncRequired
 from crdt_sync.model import (
     Change,
@@ -26,7 +27,6 @@ from crdt_sync.model import (
     Status,
     SyncCursor,
     SyncRegistration,
-    canonical_json,
     check_id,
 )
 from crdt_sync.policies import Decision, Write

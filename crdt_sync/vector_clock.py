@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crdt_sync.canonical import canonical_json
 from crdt_sync.errors import InvalidInput
 
 SERVER_NODE = "server"
@@ -84,9 +85,7 @@ class VectorClock(Mapping[str, int]):
     def canonical(self) -> str:
         """`canonical_json(self.to_json())`, encoded once per clock (a push stores a new
         entity's clock and sends it back in the result)."""
-        return json.dumps(
-            dict(self._entries), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+        return canonical_json(dict(self._entries))
 
     # Mapping protocol
     def __getitem__(self, node: str) -> int:

@@ -6,13 +6,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from crdt_sync.canonical import canonical_json
 from crdt_sync.model import (
     ConflictRecord,
     ConflictStatus,
     EntityKey,
     EntityState,
     SyncRegistration,
-    canonical_json,
 )
 from crdt_sync.ports import DeviceHealth, Snapshot
 from crdt_sync.vector_clock import VectorClock

@@ -48,6 +48,13 @@ def _autocommit_driver(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
 
 
+def _driver(conn: Connection) -> Any:
+    """The sqlite3 connection under a SQLAlchemy connection, in the same transaction."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    return raw
+
+
 class InlineConnection:
     """The subset of `AsyncConnection` the store uses."""
 
@@ -63,7 +70,7 @@ class InlineConnection:
         """The sqlite3 connection under this one, in the same transaction: the store runs its
         hottest statements on it directly (SQL compiled once by SQLAlchemy, parameters as
         tuples), without SQLAlchemy's per-statement and per-row parameter processing."""
-        return self.sync_connection.connection.dbapi_connection
+        return _driver(self.sync_connection)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(self.sync_connection, *args, **kwargs)
@@ -77,9 +84,7 @@ class _Batch:
         self.trans = conn.begin()
         # The driver's own connection, for BEGIN and the savepoints: through SQLAlchemy's
         # execution machinery they cost as much as a one-statement transaction's statement.
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        self.raw: Any = raw
+        self.raw = _driver(conn)
         self.raw.execute("BEGIN")
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

@@ -102,39 +102,32 @@ def _changes_select(owners: int, skip_tombstones: bool) -> Any:
 RESULT_COLUMNS = tuple(mutation_results.c.keys())
 _SQLITE = sqlite.dialect()
 
+# On SQLite the store's prebuilt statements run on the driver itself (`InlineConnection.driver`,
+# the same transaction), with SQL that SQLAlchemy compiles once: for statements of a few
+# microseconds its per-execution and per-row parameter work cost more than SQLite's
+# (docs/benchmarks.md, finding 13). PostgreSQL runs them through SQLAlchemy.
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """A value built into a statement (a literal, SQLite's OFFSET 0), not a bound parameter."""
+
+    value: Any
+
 
 @functools.cache
 def _sqlite_text(stmt: Any, columns: tuple[str, ...] = ()) -> tuple[str, tuple[Any, ...]]:
-    """A prebuilt statement as SQLite SQL for the driver (`InlineConnection.driver`), and what
-    its `?` take in order: the name of a bound `b_*` parameter, or `_Fixed(value)` for a value
-    built into the statement. `columns`: an insert's columns, when its rows are given."""
+    """A prebuilt statement as SQLite SQL, and what its `?` take in order: the name of a bound
+    `b_*` parameter, or a `_Fixed` value. `columns`: an insert's columns, in its rows' order."""
     compiled = stmt.compile(dialect=_SQLITE, column_keys=list(columns) or None)
     binds = compiled.binds
     order = tuple(
         name if name.startswith("b_") or name in columns else _Fixed(binds[name].effective_value)
         for name in compiled.positiontup or ()
     )
+    if columns and order != columns:  # pragma: no cover - a programming error
+        raise AssertionError(f"{stmt} takes {order}, not {columns}")
     return str(compiled), order
-
-
-@dataclass(frozen=True)
-class _Fixed:
-    value: Any
-
-
-def _sqlite_params(order: tuple[Any, ...], params: dict[str, Any]) -> list[Any]:
-    return [p.value if isinstance(p, _Fixed) else params[p] for p in order]
-
-
-async def _fetch(conn: Conn, stmt: Any, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
-    """All rows of a prebuilt statement with bound `b_*` parameters (none for an update). On
-    SQLite it runs on the driver: through SQLAlchemy, its per-statement work cost more than a
-    small statement itself (about 7% of the open-loop model's CPU, docs/benchmarks.md)."""
-    if isinstance(conn, InlineConnection):
-        sql, order = _sqlite_text(stmt)
-        return conn.driver.execute(sql, _sqlite_params(order, params)).fetchall()  # type: ignore[no-any-return]
-    result = await conn.execute(stmt, params)
-    return result.all() if result.returns_rows else []  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=4 * CHUNK)
@@ -149,6 +142,25 @@ def _sqlite_in(stmt: Any, params: tuple[str, ...], count: int) -> str:
     if tuple(compiled.positiontup or ()) != expected:  # pragma: no cover - a programming error
         raise AssertionError(f"parameters {compiled.positiontup} are not {expected}")
     return str(compiled)
+
+
+async def _fetch(
+    conn: Conn, stmt: Any, params: dict[str, Any], ids: Sequence[str] | None = None
+) -> Sequence[Sequence[Any]]:
+    """All rows of a prebuilt statement with bound `b_*` parameters (none for an update), and
+    the expanding `b_ids` where the statement has one."""
+    if isinstance(conn, InlineConnection):
+        if ids is None:
+            sql, order = _sqlite_text(stmt)
+            values = [p.value if isinstance(p, _Fixed) else params[p] for p in order]
+        else:
+            sql = _sqlite_in(stmt, tuple(params), len(ids))
+            values = [*params.values(), *ids]
+        return conn.driver.execute(sql, values).fetchall()  # type: ignore[no-any-return]
+    if ids is not None:
+        params = {**params, "b_ids": list(ids)}
+    result = await conn.execute(stmt, params)
+    return result.all() if result.returns_rows else []  # type: ignore[no-any-return]
 
 
 @functools.cache
@@ -232,7 +244,7 @@ class SqlWriteTx:
         for (etype, owner), ids in groups.items():
             for part in _chunks(ids):
                 params = {"b_tenant": self._tenant, "b_type": etype, "b_owner": owner}
-                for row in await self._select_in(self._sql.entity_many, params, part):
+                for row in await _fetch(self._conn, self._sql.entity_many, params, part):
                     state = codec.entity_from_row(row)
                     found[state.key] = state
         return found
@@ -253,7 +265,7 @@ class SqlWriteTx:
         params = {"b_tenant": self._tenant, "b_device": device_id}
         stmt = self._sql.results_select
         for part in _chunks(list(dict.fromkeys(mutation_ids))):
-            for mutation_id, result in await self._select_in(stmt, params, part):
+            for mutation_id, result in await _fetch(self._conn, stmt, params, part):
                 out[mutation_id] = MutationResult.from_json(json.loads(result))
         return out
 
@@ -299,30 +311,13 @@ class SqlWriteTx:
             self._conn, self._sql.seq_update, {"b_tenant": self._tenant, "b_seq": self._seq}
         )
 
-    # On SQLite the hottest statements go to the driver itself (`InlineConnection.driver`):
-    # a push of 100 mutations spent about a third of its store time in SQLAlchemy's
-    # per-statement and per-row parameter handling (docs/benchmarks.md).
-
-    async def _select_in(
-        self, stmt: Any, params: dict[str, Any], ids: Sequence[str]
-    ) -> Sequence[Sequence[Any]]:
-        """Rows of a prebuilt select over `params` and the expanding `b_ids`."""
-        conn = self._conn
-        if isinstance(conn, InlineConnection):
-            sql = _sqlite_in(stmt, tuple(params), len(ids))
-            return conn.driver.execute(sql, (*params.values(), *ids)).fetchall()  # type: ignore[no-any-return]
-        return (await conn.execute(stmt, {**params, "b_ids": list(ids)})).all()  # type: ignore[no-any-return]
-
     async def _insert_many(
         self, stmt: Any, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
     ) -> None:
         """A prebuilt insert (or upsert) of rows given as values in `columns` order."""
         conn = self._conn
         if isinstance(conn, InlineConnection):
-            sql, order = _sqlite_text(stmt, columns)
-            if order != columns:  # pragma: no cover - a programming error
-                raise AssertionError(f"{stmt} takes {order}, not {columns}")
-            conn.driver.executemany(sql, rows)
+            conn.driver.executemany(_sqlite_text(stmt, columns)[0], rows)
             return
         for part in _chunks(rows, 500):
             await conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in part])

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt_sync.canonical import canonical_json
 from crdt_sync.errors import InvalidInput
 from crdt_sync.model import (
     MAX_ID,
@@ -24,7 +25,6 @@ from crdt_sync.model import (
     Status,
     SyncCursor,
     SyncRegistration,
-    canonical_json,
     check_id,
     rfc3339,
     same_json,

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from crdt_sync.canonical import canonical_json
 from crdt_sync.errors import InvalidInput
-from crdt_sync.model import EntityKey, EntityState, LocalMutation, Status, canonical_json
+from crdt_sync.model import EntityKey, EntityState, LocalMutation, Status
 from crdt_sync.policies import (
     POLICIES,
     AppendOnly,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt_sync.canonical import canonical_json
 from crdt_sync.errors import InvalidInput
-from crdt_sync.model import canonical_json
 from crdt_sync.vector_clock import (
     MAX_COUNTER,
     MAX_NODE_ID,

@@ -450,7 +450,8 @@ def test_pull_body_is_the_json_of_the_changes(
 ) -> None:
     """The pull response is assembled from stored JSON text; it must parse to exactly what
     encoding the decoded changes would give, whatever the ids and payloads hold."""
-    from crdt_sync.model import Change, canonical_json
+    from crdt_sync.canonical import canonical_json
+    from crdt_sync.model import Change
 
     changes = [
         Change(
