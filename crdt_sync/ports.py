@@ -80,12 +80,28 @@ class DocUpdate:
     update: bytes
 
 
+class ReadTx(Protocol):
+    """What a push reads, without the write lock (an optimistic push plans on it)."""
+
+    async def get_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]: ...
+
+    async def entity_seqs(self, keys: Sequence[EntityKey]) -> dict[EntityKey, int]: ...
+
+    async def get_results(
+        self, device_id: str, mutation_ids: Sequence[str]
+    ) -> dict[str, MutationResult]: ...
+
+
 class WriteTx(Protocol):
     """One write transaction of one tenant. Writes of a tenant are serialised, and the
     change-log positions (`seq`) they take become visible in the order they were assigned."""
 
     async def get_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]:
         """Current states (including this transaction's own writes) of the keys that exist."""
+        ...
+
+    async def entity_seqs(self, keys: Sequence[EntityKey]) -> dict[EntityKey, int]:
+        """The seq of each key that exists: what `get_entities` would give, without decoding."""
         ...
 
     async def put_entity(self, state: EntityState) -> EntityState:
@@ -111,6 +127,10 @@ class WriteTx(Protocol):
 
 class SyncStore(Protocol):
     def write(self, tenant_id: str, now: datetime) -> AbstractAsyncContextManager[WriteTx]: ...
+
+    def reading(self, tenant_id: str) -> AbstractAsyncContextManager[ReadTx]:
+        """Reads of one tenant's entities and results outside any write transaction."""
+        ...
 
     async def head(self, tenant_id: str) -> tuple[int, int]:
         """(head seq, tombstone horizon): every change at or below head is committed."""

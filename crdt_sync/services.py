@@ -30,7 +30,7 @@ from crdt_sync.model import (
     check_id,
 )
 from crdt_sync.policies import Decision, Write
-from crdt_sync.ports import Clock, Snapshot, SyncStore, WriteTx
+from crdt_sync.ports import Clock, ReadTx, Snapshot, SyncStore, WriteTx
 from crdt_sync.registry import MAX_PAYLOAD_BYTES, EntityRegistry, EntityType
 from crdt_sync.vector_clock import SERVER_NODE, Ordering, VectorClock
 
@@ -55,6 +55,71 @@ class Settings:
     max_batch: int = 500
     default_pull_limit: int = 500
     max_pull_limit: int = 1000
+    # Decide a push on reads made before its write transaction, and in the transaction only
+    # check that nothing it read changed (else decide again there): with several processes
+    # writing one store, the write lock is then held for the writes, not for the decisions.
+    optimistic_push: bool = False
+
+
+class _Plan:
+    """A push decided on reads outside its write transaction (`Settings.optimistic_push`). It
+    stands in for the transaction: it reads through `reads` and remembers what it saw (the
+    seq of each entity, which results existed), and records the writes. In the transaction,
+    `holds` reads the same again: every write moves an entity's seq, so equal reads mean the
+    same decisions, and `replay` makes the recorded writes (seqs are taken there)."""
+
+    def __init__(self, reads: ReadTx) -> None:
+        self._reads = reads
+        self._seen_results: list[tuple[str, list[str], frozenset[str]]] = []
+        self._seen_entities: list[tuple[list[EntityKey], dict[EntityKey, int]]] = []
+        self._writes: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def get_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]:
+        found = await self._reads.get_entities(keys)
+        self._seen_entities.append((list(keys), {k: s.seq for k, s in found.items()}))
+        return found
+
+    async def get_results(
+        self, device_id: str, mutation_ids: Sequence[str]
+    ) -> dict[str, MutationResult]:
+        found = await self._reads.get_results(device_id, mutation_ids)
+        self._seen_results.append((device_id, list(mutation_ids), frozenset(found)))
+        return found
+
+    async def entity_seqs(self, keys: Sequence[EntityKey]) -> dict[EntityKey, int]:
+        return await self._reads.entity_seqs(keys)
+
+    async def put_entity(self, state: EntityState) -> EntityState:
+        self._writes.append(("put_entity", (state,)))
+        return state
+
+    async def put_results(self, device_id: str, results: Sequence[MutationResult]) -> None:
+        self._writes.append(("put_results", (device_id, results)))
+
+    async def put_conflict(self, record: ConflictRecord) -> None:
+        self._writes.append(("put_conflict", (record,)))
+
+    async def archive(self, snapshot: Snapshot) -> None:
+        self._writes.append(("archive", (snapshot,)))
+
+    async def get_conflict(self, conflict_id: str) -> ConflictRecord | None:
+        raise RuntimeError("a push does not read conflicts")
+
+    async def append_doc_updates(self, doc_id: str, updates: Sequence[bytes]) -> int:
+        raise RuntimeError("a push does not write documents")
+
+    async def holds(self, tx: WriteTx) -> bool:
+        for device_id, ids, seen in self._seen_results:
+            if frozenset(await tx.get_results(device_id, ids)) != seen:
+                return False
+        for keys, seqs in self._seen_entities:
+            if await tx.entity_seqs(keys) != seqs:
+                return False
+        return True
+
+    async def replay(self, tx: WriteTx) -> None:
+        for name, args in self._writes:
+            await getattr(tx, name)(*args)
 
 
 @dataclass(frozen=True)
@@ -108,6 +173,8 @@ class SyncService:
         self.registry = registry
         self.clock = clock
         self.settings = settings or Settings()
+        # optimistic pushes whose reads had changed by their transaction
+        self.pushes_decided_again = 0
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -146,30 +213,45 @@ class SyncService:
                 f"at most {self.settings.max_batch} mutations per push", code="batch_too_large"
             )
         now = self.clock.now()
+        plan: _Plan | None = None
+        if self.settings.optimistic_push:
+            async with self.store.reading(ctx.tenant_id) as reads:
+                plan = _Plan(reads)
+                planned = await self._push_in(plan, ctx, mutations, now)
         async with self.store.write(ctx.tenant_id, now) as tx:
-            prior = await tx.get_results(ctx.device_id, [m.mutation_id for m in mutations])
-            # each mutation's entity key, None for an unknown type (rejected by _apply)
-            keys: list[EntityKey | None] = []
-            for m in mutations:
-                etype = self.registry.get(m.entity_type)
-                keys.append(
-                    None
-                    if etype is None
-                    else self.key_for(ctx.tenant_id, etype, m.entity_id, ctx.user_id)
-                )
-            states = await tx.get_entities([k for k in keys if k is not None])
-            results: list[MutationResult] = []
-            fresh: list[MutationResult] = []
-            for m, key in zip(mutations, keys, strict=True):
-                first = prior.get(m.mutation_id)
-                if first is not None:
-                    results.append(replace(first, status=Status.DUPLICATE))
-                    continue
-                result = await self._apply(tx, ctx, m, key, states, now)
-                prior[m.mutation_id] = result
-                fresh.append(result)
-                results.append(result)
-            await tx.put_results(ctx.device_id, fresh)
+            if plan is not None:
+                if await plan.holds(tx):
+                    await plan.replay(tx)
+                    return planned
+                self.pushes_decided_again += 1
+            return await self._push_in(tx, ctx, mutations, now)
+
+    async def _push_in(
+        self, tx: WriteTx, ctx: DeviceContext, mutations: Sequence[LocalMutation], now: datetime
+    ) -> list[MutationResult]:
+        prior = await tx.get_results(ctx.device_id, [m.mutation_id for m in mutations])
+        # each mutation's entity key, None for an unknown type (rejected by _apply)
+        keys: list[EntityKey | None] = []
+        for m in mutations:
+            etype = self.registry.get(m.entity_type)
+            keys.append(
+                None
+                if etype is None
+                else self.key_for(ctx.tenant_id, etype, m.entity_id, ctx.user_id)
+            )
+        states = await tx.get_entities([k for k in keys if k is not None])
+        results: list[MutationResult] = []
+        fresh: list[MutationResult] = []
+        for m, key in zip(mutations, keys, strict=True):
+            first = prior.get(m.mutation_id)
+            if first is not None:
+                results.append(replace(first, status=Status.DUPLICATE))
+                continue
+            result = await self._apply(tx, ctx, m, key, states, now)
+            prior[m.mutation_id] = result
+            fresh.append(result)
+            results.append(result)
+        await tx.put_results(ctx.device_id, fresh)
         return results
 
     async def _apply(

@@ -24,14 +24,21 @@ What inline costs, and why that is acceptable:
 - A statement that waits on SQLite's lock would block the loop for busy_timeout. In this
   process that cannot happen: one write transaction at a time holds the engine's writer lock
   (the committer holds it during a COMMIT), and nothing awaits anything but these inline calls
-  while one is open. Another process writing the same file (`crdt-sync prune` next to a
-  running server) can make the server wait for it, at most busy_timeout.
+  while one is open. Across processes (sync workers, web/sync_workers.py) a batch first takes
+  the file's writer lock (`_FileLock`, an flock beside the database: waited for in a thread,
+  so the loop runs on, and handed over by the kernel as soon as it is free), then BEGIN
+  IMMEDIATE, so its reads see what it will write over: a deferred transaction that read
+  before another process committed could not write at all (SQLITE_BUSY_SNAPSHOT). A process
+  that writes without the flock (`crdt-sync prune` next to a running server) can still make a
+  server wait for it, at most busy_timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -76,17 +83,62 @@ class InlineConnection:
         return fn(self.sync_connection, *args, **kwargs)
 
 
-class _Batch:
-    """One SQLite transaction holding the savepoint-wrapped write transactions of a batch."""
+class _FileLock:
+    """The database file's writer lock across processes: an exclusive flock on a file beside
+    it. Held from a batch's BEGIN to the end of its COMMIT or ROLLBACK."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    async def acquire(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass  # another process is writing: wait in a thread, not on the loop
+        taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The thread takes the lock either way: give it back once it has.
+            taking.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, taking: asyncio.Future[None]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            self.release()
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _Batch:
+    """One SQLite transaction holding the savepoint-wrapped write transactions of a batch.
+    The caller holds `lock` (if any); the batch gives it back when it commits or rolls back."""
+
+    def __init__(self, conn: Connection, lock: _FileLock | None) -> None:
         self.conn = conn
-        self.trans = conn.begin()
-        # The driver's own connection, for BEGIN and the savepoints: through SQLAlchemy's
-        # execution machinery they cost as much as a one-statement transaction's statement.
-        self.raw = _driver(conn)
-        self.raw.execute("BEGIN")
+        self.lock = lock
+        try:
+            self.trans = conn.begin()
+            # The driver's own connection, for BEGIN and the savepoints: through SQLAlchemy's
+            # execution machinery they cost as much as a one-statement transaction's statement.
+            self.raw = _driver(conn)
+            self.raw.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._close()
+            raise
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _close(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def commit_and_close(self) -> None:
         try:
@@ -97,13 +149,13 @@ class _Batch:
             self.conn.invalidate()
             raise
         finally:
-            self.conn.close()
+            self._close()
 
     def rollback_and_close(self) -> None:
         try:
             self.trans.rollback()
         finally:
-            self.conn.close()
+            self._close()
 
     def settle(self, exc: BaseException | None) -> None:
         if self.done.done():
@@ -134,6 +186,9 @@ class InlineEngine:
         self.sync_engine = sync_engine
         self.dialect = sync_engine.dialect
         self._writer: _Writer | None = None
+        database = sync_engine.url.database
+        in_memory = not database or database == ":memory:" or database.startswith("file:")
+        self._file_lock = None if in_memory else _FileLock(f"{database}-writer.lock")
         # Reads share one connection, kept open: the driver is in autocommit mode, so each
         # statement reads the latest commit, and a pool checkout and reset per read cost more
         # than a small read itself. A read that overlaps another (its body awaits something
@@ -171,7 +226,7 @@ class InlineEngine:
         writer = self._writer_for_this_loop()
         async with writer.lock:
             if writer.batch is None:
-                writer.batch = _Batch(self.sync_engine.connect())
+                writer.batch = await self._open_batch()
             batch = writer.batch
             batch.raw.execute("SAVEPOINT w")
             try:
@@ -187,6 +242,18 @@ class InlineEngine:
                 writer.wake.set()
         # Shielded: a cancelled caller leaves its writes to the batch, committed or not.
         await asyncio.shield(batch.done)
+
+    async def _open_batch(self) -> _Batch:
+        lock = self._file_lock
+        if lock is not None:
+            await lock.acquire()
+        try:
+            conn = self.sync_engine.connect()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return _Batch(conn, lock)
 
     def _undo(self, writer: _Writer, batch: _Batch) -> None:
         try:
@@ -241,6 +308,9 @@ class InlineEngine:
                 await writer.committer
         self._drop_reader()
         self.sync_engine.dispose()
+        if self._file_lock is not None:
+            self._file_lock.close()
+            self._file_lock = None
 
 
 # What the store accepts: an asyncpg engine for PostgreSQL, an inline one for SQLite.

@@ -66,6 +66,7 @@ class _Statements:
     lock_select: Any
     seq_update: Any
     entity_many: Any
+    entity_seqs: Any
     entity_upsert: Any
     results_select: Any
     results_insert: Any
@@ -176,6 +177,12 @@ def _statements(dialect_name: str) -> _Statements:
         devices.c.device_id == bindparam("b_device"),
     )
     device_update = update(devices).where(*device_is)
+    entity_many = (
+        entities.c.tenant_id == bindparam("b_tenant"),
+        entities.c.entity_type == bindparam("b_type"),
+        entities.c.owner == bindparam("b_owner"),
+        entities.c.entity_id.in_(bindparam("b_ids", expanding=True)),
+    )
     return _Statements(
         lock_insert=lock_insert.on_conflict_do_nothing(),
         lock_select=select(tenant_seq.c.seq)
@@ -186,12 +193,8 @@ def _statements(dialect_name: str) -> _Statements:
         .values(seq=bindparam("b_seq")),
         # one (type, owner) and a list of ids: a primary-key lookup per id. A row-value IN
         # over (type, id, owner) made SQLite scan every entity of the tenant instead.
-        entity_many=select(entities).where(
-            entities.c.tenant_id == bindparam("b_tenant"),
-            entities.c.entity_type == bindparam("b_type"),
-            entities.c.owner == bindparam("b_owner"),
-            entities.c.entity_id.in_(bindparam("b_ids", expanding=True)),
-        ),
+        entity_many=select(entities).where(*entity_many),
+        entity_seqs=select(entities.c.entity_id, entities.c.seq).where(*entity_many),
         entity_upsert=upsert.on_conflict_do_update(
             index_elements=list(entity_keys),
             set_={c.name: upsert.excluded[c.name] for c in entities.c if c.name not in entity_keys},
@@ -223,40 +226,45 @@ def _statements(dialect_name: str) -> _Statements:
     )
 
 
-class SqlWriteTx:
-    """A write transaction holding its tenant's log lock (see `SqlStore.write`)."""
+class SqlReadTx:
+    """A push's reads of one tenant on a connection (`SqlStore.reading`)."""
 
-    def __init__(self, conn: Conn, tenant_id: str, seq: int, now: datetime) -> None:
+    def __init__(self, conn: Conn, tenant_id: str) -> None:
         self._conn = conn
         self._sql = _statements(conn.dialect.name)
         self._tenant = tenant_id
-        self._seq = seq
-        self._now = now
         self._pending: dict[EntityKey, EntityState] = {}
-        self._results: list[tuple[Any, ...]] = []  # in RESULT_COLUMNS order
 
     async def get_entities(self, keys: Sequence[EntityKey]) -> dict[EntityKey, EntityState]:
         found = {k: self._pending[k] for k in keys if k in self._pending}
-        wanted = [k for k in dict.fromkeys(keys) if k not in found]
-        groups: dict[tuple[str, str], list[str]] = {}
-        for k in wanted:
-            groups.setdefault((k.entity_type, k.owner), []).append(k.entity_id)
-        for (etype, owner), ids in groups.items():
-            for part in _chunks(ids):
-                params = {"b_tenant": self._tenant, "b_type": etype, "b_owner": owner}
-                for row in await _fetch(self._conn, self._sql.entity_many, params, part):
-                    state = codec.entity_from_row(row)
-                    found[state.key] = state
+        wanted = [k for k in keys if k not in found]
+        for _, _, row in await self._by_key(self._sql.entity_many, wanted):
+            state = codec.entity_from_row(row)
+            found[state.key] = state
         return found
 
-    async def put_entity(self, state: EntityState) -> EntityState:
-        if state.key.tenant_id != self._tenant:
-            raise ValueError("entity of another tenant in this transaction")
-        self._seq += 1
-        stored = state.at(self._seq)
-        self._pending.pop(state.key, None)
-        self._pending[state.key] = stored  # insertion order = seq order
-        return stored
+    async def entity_seqs(self, keys: Sequence[EntityKey]) -> dict[EntityKey, int]:
+        found = {k: self._pending[k].seq for k in keys if k in self._pending}
+        wanted = [k for k in keys if k not in found]
+        by_id = {(k.entity_type, k.owner, k.entity_id): k for k in wanted}
+        for etype, owner, (entity_id, seq) in await self._by_key(self._sql.entity_seqs, wanted):
+            found[by_id[(etype, owner, entity_id)]] = int(seq)
+        return found
+
+    async def _by_key(self, stmt: Any, keys: Sequence[EntityKey]) -> list[tuple[str, str, Any]]:
+        """(type, owner, row) of `stmt` (an entity lookup by ids) for these keys: one `IN`
+        over ids per (type, owner), a primary-key lookup per id."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for k in dict.fromkeys(keys):
+            groups.setdefault((k.entity_type, k.owner), []).append(k.entity_id)
+        rows: list[tuple[str, str, Any]] = []
+        for (etype, owner), ids in groups.items():
+            params = {"b_tenant": self._tenant, "b_type": etype, "b_owner": owner}
+            for part in _chunks(ids):
+                rows.extend(
+                    (etype, owner, row) for row in await _fetch(self._conn, stmt, params, part)
+                )
+        return rows
 
     async def get_results(
         self, device_id: str, mutation_ids: Sequence[str]
@@ -268,6 +276,25 @@ class SqlWriteTx:
             for mutation_id, result in await _fetch(self._conn, stmt, params, part):
                 out[mutation_id] = MutationResult.from_json(json.loads(result))
         return out
+
+
+class SqlWriteTx(SqlReadTx):
+    """A write transaction holding its tenant's log lock (see `SqlStore.write`)."""
+
+    def __init__(self, conn: Conn, tenant_id: str, seq: int, now: datetime) -> None:
+        super().__init__(conn, tenant_id)
+        self._seq = seq
+        self._now = now
+        self._results: list[tuple[Any, ...]] = []  # in RESULT_COLUMNS order
+
+    async def put_entity(self, state: EntityState) -> EntityState:
+        if state.key.tenant_id != self._tenant:
+            raise ValueError("entity of another tenant in this transaction")
+        self._seq += 1
+        stored = state.at(self._seq)
+        self._pending.pop(state.key, None)
+        self._pending[state.key] = stored  # insertion order = seq order
+        return stored
 
     async def put_results(self, device_id: str, results: Sequence[MutationResult]) -> None:
         created = codec.to_ts(self._now)
@@ -345,6 +372,11 @@ class SqlStore:
             tx = SqlWriteTx(conn, tenant_id, seq, now)
             yield tx
             await tx.flush()
+
+    @asynccontextmanager
+    async def reading(self, tenant_id: str) -> AsyncIterator[SqlReadTx]:
+        async with self.engine.connect() as conn:
+            yield SqlReadTx(conn, tenant_id)
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[Conn]:

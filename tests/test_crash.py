@@ -60,7 +60,7 @@ class Cluster:
     def token(self, user: str) -> str:
         return mint_token(self.secret, tenant=TENANT, user=user, roles=["learner"])
 
-    async def start(self) -> Proc:
+    async def start(self, *extra: str) -> Proc:
         if not Path(CLI).exists():
             pytest.fail(f"{CLI} is missing: install crdt-sync into this virtual environment")
         port = free_port()
@@ -68,6 +68,7 @@ class Cluster:
         args += ["--data-dir", str(self.data_dir)]
         if self.database_url:
             args += ["--database-url", self.database_url]
+        args += extra
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRDT_SYNC_")}
         env["CRDT_SYNC_JWT_SECRET"] = self.secret
         log = self.tmp / f"server-{len(self.procs)}.log"
@@ -171,9 +172,13 @@ async def check_store(dev: Device, ledger: Ledger) -> None:
     assert got == want
 
 
-async def test_acknowledged_pushes_survive_kill_9(cluster: Cluster) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "sync-workers"])
+async def test_acknowledged_pushes_survive_kill_9(cluster: Cluster, workers: int) -> None:
+    """Also with sync workers (web/sync_workers.py): they answer the pushes, and the kill
+    of the server process closes their channel."""
     ledger = Ledger()
-    proc = await cluster.start()
+    extra = ["--sync-workers", str(workers)]
+    proc = await cluster.start(*extra)
     async with client(proc) as http:
         dev = await Device.register(http, cluster.token("alice"), "dev-a")
         for b in range(3):
@@ -181,7 +186,7 @@ async def test_acknowledged_pushes_survive_kill_9(cluster: Cluster) -> None:
             ledger.record(batch, await dev.push(batch))
     await cluster.kill9(proc)
 
-    proc = await cluster.start()
+    proc = await cluster.start(*extra)
     async with client(proc) as http:
         dev = on(dev, http)
         await check_store(dev, ledger)
@@ -193,7 +198,7 @@ async def test_acknowledged_pushes_survive_kill_9(cluster: Cluster) -> None:
         assert (await dev.ack()).status_code == 204
     await cluster.kill9(proc)
 
-    proc = await cluster.start()
+    proc = await cluster.start(*extra)
     async with client(proc) as http:
         dev = on(dev, http)
         await check_store(dev, ledger)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 from quart import Quart, Response, g, request
 
@@ -24,18 +25,27 @@ from web.rooms import RoomManager, RoomSettings
 from web.rooms_api import admin_docs_bp, rooms_bp
 from web.runtime import Runtime
 from web.sync_api import bp as sync_bp
+from web.sync_workers import SyncDispatch, SyncWorkers
 
 log = logging.getLogger("crdt_sync")
 
 
 def create_app(
-    config: Config, clock: Clock | None = None, settings: Settings | None = None
+    config: Config,
+    clock: Clock | None = None,
+    settings: Settings | None = None,
+    *,
+    sync_worker: bool = False,
 ) -> Quart:
+    """The server's app; `sync_worker`: the app a sync worker process runs (web/sync_workers.py):
+    the same routes and store, without rooms, background tasks or workers of its own."""
     app = Quart("crdt_sync")
     routing.configure(app.url_map)  # ids in paths are data: before any route
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     clock = clock or SystemClock()
+    if config.sync_workers > 1:  # several processes write: decide pushes outside the lock
+        settings = replace(settings or Settings(), optimistic_push=True)
     metrics = Metrics()
     registry = EntityRegistry.from_config(config.entity_types)
 
@@ -45,6 +55,8 @@ def create_app(
         service = SyncService(store, registry, clock, settings)
         rt = Runtime(config, clock, store, service, CursorCodec(config.server_key), metrics)
         app.extensions["crdt_sync"] = rt
+        if sync_worker:
+            return
         rt.extras["pruner"] = asyncio.create_task(_prune_forever(rt))
         room_settings = RoomSettings(archive_retention_s=service.settings.archive_retention_s)
         rooms = RoomManager(store, clock, metrics, room_settings)
@@ -53,10 +65,17 @@ def create_app(
         rt.extras["on_revoke"] = rooms.disconnect_device
         rt.extras["on_shutdown"] = [rooms.shutdown]
         rt.extras["on_stop"] = [rooms.shutdown]
+        if config.sync_workers:
+            workers = SyncWorkers(config)
+            await workers.start()
+            rt.extras["sync_workers"] = workers
 
     @app.after_serving
     async def _stop() -> None:
         rt: Runtime = app.extensions["crdt_sync"]
+        workers = rt.extras.pop("sync_workers", None)
+        if workers is not None:  # after Hypercorn finished the requests in flight
+            await workers.stop()
         pruner = rt.extras.pop("pruner", None)
         if pruner is not None:
             pruner.cancel()
@@ -86,6 +105,14 @@ def create_app(
     app.register_blueprint(rooms_bp)
     app.register_blueprint(admin_docs_bp)
     app.register_blueprint(openapi_bp)
+    if config.sync_workers and not sync_worker:
+
+        def _workers() -> SyncWorkers | None:
+            rt = app.extensions.get("crdt_sync")
+            return None if rt is None else rt.extras.get("sync_workers")
+
+        dispatch = SyncDispatch(app.asgi_app, _workers, config.max_body_bytes)  # type: ignore[arg-type]
+        app.asgi_app = dispatch  # type: ignore[method-assign,assignment]
     return app
 
 

@@ -24,6 +24,12 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--sync-workers",
+        type=int,
+        default=None,
+        help="processes that run /sync/v1 push, pull and ack beside this one (default 0)",
+    )
     _common(serve)
 
     token = sub.add_parser("token", help="print a signed token (development, operators)")
@@ -43,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
-        config = build_config(args.host, args.port, args.data_dir, args.database_url)
+        config = build_config(
+            args.host, args.port, args.data_dir, args.database_url, args.sync_workers
+        )
         return _serve(config)
     config = build_config(data_dir=args.data_dir, database_url=args.database_url)
     if args.command == "token":

@@ -51,6 +51,9 @@ class Config:
     # delivery and ~100 KiB of zlib state per connection (docs/benchmarks.md).
     ws_compression: bool = False
     graceful_timeout_s: float = 10.0
+    # Processes that run /sync/v1 push, pull and ack beside this one (web/sync_workers.py);
+    # 0: this process runs them itself.
+    sync_workers: int = 0
     limits: LimitsConfig = field(default_factory=lambda: LimitsConfig.load(None))
 
     @property
@@ -86,6 +89,7 @@ def build_config(
     port: int | None = None,
     data_dir: str | None = None,
     database_url: str | None = None,
+    sync_workers: int | None = None,
 ) -> Config:
     """Flags win over the environment, which wins over defaults."""
     cfg = Config()
@@ -109,6 +113,14 @@ def build_config(
     if compression not in ("on", "off"):
         raise ValueError("CRDT_SYNC_WS_COMPRESSION must be on or off")
     cfg.ws_compression = compression == "on"
+    workers = sync_workers if sync_workers is not None else _env("CRDT_SYNC_SYNC_WORKERS")
+    if workers is not None:
+        try:
+            cfg.sync_workers = int(workers)
+        except ValueError:
+            raise ValueError("CRDT_SYNC_SYNC_WORKERS must be a whole number") from None
+        if not 0 <= cfg.sync_workers <= 64:
+            raise ValueError("the number of sync workers must be between 0 and 64")
     return cfg
 
 

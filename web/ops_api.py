@@ -6,6 +6,7 @@ from quart import Blueprint, Response, current_app, jsonify
 
 from web.errors import error_response
 from web.runtime import runtime
+from web.sync_workers import merged_metrics
 
 bp = Blueprint("ops", __name__)
 
@@ -28,4 +29,10 @@ async def readyz() -> Response:
 
 @bp.get("/metrics")
 async def metrics() -> Response:
-    return Response(runtime().metrics.render(), content_type="text/plain; version=0.0.4")
+    rt = runtime()
+    workers = rt.extras.get("sync_workers")
+    if workers is None:
+        body = rt.metrics.render()
+    else:
+        body = merged_metrics(rt.metrics.registry, await workers.metrics())
+    return Response(body, content_type="text/plain; version=0.0.4")
