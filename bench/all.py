@@ -138,18 +138,25 @@ def _http_rows(http: dict[str, Any] | None) -> list[list[str]]:
     rows = []
     for endpoint, what in (("push", "push 100"), ("pull", "pull 500")):
         ours = theirs = None
+        mine: list[str] = []
         for r in [] if http is None else http.get("results", []):
             if r.get("endpoint") != endpoint or r.get("concurrency") != HTTP_CLIENTS:
                 continue
-            if r.get("target") == "crdt-sync" and r.get("backend") == "sqlite":
-                ours = r.get("rps")
+            backend = str(r.get("backend"))
+            if r.get("target") == "crdt-sync" and backend.split("+")[0] == "sqlite":
+                # every SQLite configuration of the run; the best one is measured against
+                mine.append(f"{backend} {_fmt(r.get('rps'), ' req/s')}")
+                ours = max(ours or 0.0, r.get("rps") or 0.0) or None
             elif r.get("target") == "pouchdb":
                 theirs = r.get("rps")
         ratio = None if not ours or not theirs else ours / theirs
         rows.append(
             [
-                f"{what}, closed loop, {HTTP_CLIENTS} clients (req/s; crdt-sync on SQLite)",
-                _fmt(ours, " req/s") + ("" if ratio is None else f" ({ratio:.2f}x pouchdb)"),
+                f"{what}, closed loop, {HTTP_CLIENTS} clients (req/s; crdt-sync on SQLite, "
+                "best configuration; `+2w` = `--sync-workers 2`)",
+                _fmt(ours, " req/s")
+                + ("" if ratio is None else f" ({ratio:.2f}x pouchdb)")
+                + (f" [{', '.join(mine)}]" if len(mine) > 1 else ""),
                 f"pouchdb-server {_fmt(theirs, ' req/s')}",
                 f"≥ {HTTP_RATIO:g}x pouchdb",
                 _verdict(None if ratio is None else ratio >= HTTP_RATIO),

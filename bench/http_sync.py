@@ -55,9 +55,10 @@ FULL = {
     "batch": 100,
     "pull_size": 500,
     "workloads": "push,pull,ack",
+    "sync_workers": "0",
 }
 # With pouchdb among the targets (the default) the run is the peer comparison: these win.
-COMPARE = {"backends": "sqlite", "concurrency": "1,20"}
+COMPARE = {"backends": "sqlite", "concurrency": "1,20", "sync_workers": "0,2"}
 SMOKE = {
     "targets": "crdt-sync,pouchdb",
     "backends": "sqlite",
@@ -68,6 +69,7 @@ SMOKE = {
     "pull_size": 50,
     "workloads": "push,pull,ack",
     "workers": 2,
+    "sync_workers": "0,1",
 }
 DEVICES_PER_WORKER = 25  # one Python client process saturates well before 50 busy devices
 
@@ -89,6 +91,7 @@ class Config:
     command: str
     render_only: bool = False
     pouchdb_mode: str = "full"
+    sync_workers: tuple[int, ...] = (0,)
 
 
 def _csv(value: str, allowed: tuple[str, ...] | None = None) -> list[str]:
@@ -129,6 +132,11 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--pull-size", type=int, help="changes per measured pull (default 500)")
     p.add_argument("--workers", type=int, help="client processes (default: 1 per 25 devices)")
     p.add_argument(
+        "--sync-workers",
+        help="comma list: each crdt-sync server runs once per value, as `crdt-sync serve "
+        "--sync-workers N` (default 0; 0,2 in the peer comparison)",
+    )
+    p.add_argument(
         "--smoke", action="store_true", help="tiny run: sqlite (+ pouchdb), 1 and 2 devices, 1 s"
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results path")
@@ -160,6 +168,9 @@ def parse_args(argv: list[str]) -> Config:
     if float(pick("duration")) <= 0 or float(pick("warmup")) < 0:
         raise SystemExit("--duration must be > 0 and --warmup >= 0")
     workers = pick("workers") or max(1, math.ceil(concurrency[-1] / DEVICES_PER_WORKER))
+    sync_workers = tuple(sorted({int(w) for w in _csv(pick("sync_workers"))}))
+    if not sync_workers or sync_workers[0] < 0:
+        raise SystemExit("--sync-workers needs whole numbers >= 0")
     return Config(
         targets=targets,
         backends=_csv(pick("backends"), BACKENDS),
@@ -176,6 +187,7 @@ def parse_args(argv: list[str]) -> Config:
         command=shlex.join(["python", "-m", "bench.http_sync", *argv]),
         render_only=a.render,
         pouchdb_mode=a.pouchdb_mode,
+        sync_workers=sync_workers,
     )
 
 
@@ -339,7 +351,12 @@ def run_workloads(
         pool.close()
 
 
-def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
+def backend_label(backend: str, sync_workers: int) -> str:
+    """How a crdt-sync configuration is named in the results: `sqlite`, `sqlite+2w`."""
+    return backend if sync_workers == 0 else f"{backend}+{sync_workers}w"
+
+
+def run_backend(cfg: Config, backend: str, out: Outcome, sync_workers: int = 0) -> None:
     db_name: str | None = None
     database_url: str | None = None
     if backend == "postgresql":
@@ -351,27 +368,26 @@ def run_backend(cfg: Config, backend: str, out: Outcome) -> None:
             return
         db_name, database_url = server_process.create_database()
     data_dir = Path(tempfile.mkdtemp(prefix=f"crdt-bench-{backend}-"))
-    server = ServerProcess(data_dir=data_dir, database_url=database_url)
+    server = ServerProcess(data_dir=data_dir, database_url=database_url, sync_workers=sync_workers)
+    label = backend_label(backend, sync_workers)
     try:
         server.start()
-        _log(
-            f"{backend}: server ready at {server.base_url} (pid {server.proc and server.proc.pid})"
-        )
-        run_workloads(cfg, "crdt-sync", backend, server, out)
+        _log(f"{label}: server ready at {server.base_url} (pid {server.proc and server.proc.pid})")
+        run_workloads(cfg, "crdt-sync", label, server, out)
     except (ServerError, WorkerError) as exc:
-        out.failures.append({"target": "crdt-sync", "backend": backend, "error": str(exc)})
-        _log(f"{backend}: FAILED: {exc}")
+        out.failures.append({"target": "crdt-sync", "backend": label, "error": str(exc)})
+        _log(f"{label}: FAILED: {exc}")
     finally:
         server.stop()
         info = {
             "target": "crdt-sync",
-            "backend": backend,
+            "backend": label,
             "exit_code": server.exit_code,
             "shutdown_s": server.shutdown_s,
         }
         out.servers.append(info)
         if server.exit_code not in (0, None):
-            _log(f"{backend}: server exited with {server.exit_code} after SIGTERM:")
+            _log(f"{label}: server exited with {server.exit_code} after SIGTERM:")
             _log(server.log_tail(20))
         shutil.rmtree(data_dir, ignore_errors=True)
         if db_name:
@@ -424,6 +440,7 @@ def build_report(cfg: Config, out: Outcome, started: datetime) -> dict[str, Any]
                 "batch": cfg.batch,
                 "pull_size": cfg.pull_size,
                 "workers": cfg.workers,
+                "sync_workers": list(cfg.sync_workers),
             },
             "servers": out.servers,
         },
@@ -456,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"error: {exc}")
             return 1
         for backend in cfg.backends:
-            run_backend(cfg, backend, out)
+            for sync_workers in cfg.sync_workers:
+                run_backend(cfg, backend, out, sync_workers)
     if "pouchdb" in cfg.targets:
         run_pouchdb(cfg, out)
     result = build_report(cfg, out, started)

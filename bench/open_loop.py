@@ -88,6 +88,7 @@ FULL: dict[str, Any] = {
     "pull_period": 60.0,
     "connections": 512,
     "timeout": 30.0,
+    "sync_workers": 2,
 }
 # 200 devices at the issue's periods would push once in 5 s: shorter periods give every
 # endpoint enough requests to check.
@@ -103,6 +104,7 @@ SMOKE: dict[str, Any] = {
     "pull_period": 6.0,
     "connections": 64,
     "timeout": 15.0,
+    "sync_workers": 1,
 }
 
 
@@ -130,6 +132,7 @@ class Config:
     docs_path: Path
     render_only: bool
     command: str
+    sync_workers: int = 0
 
     def offered(self, scale: float) -> dict[str, float]:
         """Requests per second the model offers at `scale` (acks follow the pulls)."""
@@ -164,6 +167,12 @@ def parse_args(argv: list[str]) -> Config:
     )
     p.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--connections", type=int, help="keep-alive connections, all workers (512)")
+    p.add_argument(
+        "--sync-workers",
+        type=int,
+        help="the server's `--sync-workers` (default 2: push, pull and ack in two processes "
+        "beside the one holding the room connections; 0: one process)",
+    )
     p.add_argument("--timeout", type=float, help="seconds after its scheduled time a request fails")
     p.add_argument(
         "--idle-deflate",
@@ -207,6 +216,7 @@ def parse_args(argv: list[str]) -> Config:
         arrivals=a.arrivals,
         workers=max(1, a.workers),
         connections=int(pick("connections")),
+        sync_workers=max(0, int(pick("sync_workers"))),
         timeout=float(pick("timeout")),
         idle_deflate=a.idle_deflate == "on",
         seed=a.seed,
@@ -554,7 +564,7 @@ async def run(cfg: Config, out: Outcome) -> None:
             raise ServerError(f"PostgreSQL not reachable at {server_process.PG_ADMIN_DSN}")
         db_name, url = await asyncio.to_thread(server_process.create_database)
     data_dir = Path(tempfile.mkdtemp(prefix=f"crdt-bench-openloop-{cfg.backend}-"))
-    server = ServerProcess(data_dir=data_dir, database_url=url)
+    server = ServerProcess(data_dir=data_dir, database_url=url, sync_workers=cfg.sync_workers)
     workers: Workers | None = None
     loads: list[NodeLoad] = []
     try:
@@ -641,6 +651,7 @@ def build_result(
                 "arrivals": cfg.arrivals,
                 "workers": cfg.workers,
                 "connections": cfg.connections,
+                "sync_workers": cfg.sync_workers,
                 "timeout": cfg.timeout,
                 "seed": cfg.seed,
                 "issue_model": cfg.issue_model,
@@ -658,19 +669,20 @@ def build_result(
 # -- report -----------------------------------------------------------------------------------
 
 WHAT_IS_MEASURED = """\
-What is measured: one `crdt-sync serve` process ({backend}) started by the benchmark. {devices:,}
-simulated player devices, each its own `learner` user of one tenant, registered up front
-(`POST /sync/v1/devices`, not timed) and holding the cursor of a first pull. Each device pushes
-{batch} `progress` mutations every {push_period:g} s and pulls (`limit={pull_limit}`) every
-{pull_period:g} s, acking the returned cursor as soon as the pull is answered; {arrivals}. At
-1x that offers {push_rate:.1f} pushes/s, {pull_rate:.1f} pulls/s and as many acks/s; a scale
-multiplies every rate. Open loop: each request is sent at its scheduled time whether or not
-earlier ones have been answered, and its latency runs from the scheduled time to the end of
-the response, so waiting for the client (its event loop, a free connection) counts and a
-server that falls behind shows it as latency instead of slowing the load down. Percentiles
-cover the requests *scheduled* in the {duration:g} s window after {warmup:g} s at the same
-rates; achieved/s counts the 2xx answers that *arrived* in the window. A request not answered
-{timeout:g} s after its scheduled time is an error (timeout), as is any non-2xx.
+What is measured: `crdt-sync serve{serve_flags}` ({backend}) started by the
+benchmark{processes}. {devices:,} simulated player devices, each its own `learner` user of
+one tenant, registered up front (`POST /sync/v1/devices`, not timed) and holding the cursor
+of a first pull. Each device pushes {batch} `progress` mutations every {push_period:g} s and
+pulls (`limit={pull_limit}`) every {pull_period:g} s, acking the returned cursor as soon as
+the pull is answered; {arrivals}. At 1x that offers {push_rate:.1f} pushes/s,
+{pull_rate:.1f} pulls/s and as many acks/s; a scale multiplies every rate. Open loop: each
+request is sent at its scheduled time whether or not earlier ones have been answered, and
+its latency runs from the scheduled time to the end of the response, so waiting for the
+client (its event loop, a free connection) counts and a server that falls behind shows it as
+latency instead of slowing the load down. Percentiles cover the requests *scheduled* in the
+{duration:g} s window after {warmup:g} s at the same rates; achieved/s counts the 2xx
+answers that *arrived* in the window. A request not answered {timeout:g} s after its
+scheduled time is an error (timeout), as is any non-2xx.
 Clients: {workers} processes (asyncio and a small HTTP/1.1 client on asyncio streams,
 `bench/lite_http.py`, at most {connections} keep-alive connections in all, like a proxy in
 front of the server; httpx costs about 3 ms of CPU per request here, this one about 0.2 ms),
@@ -791,6 +803,7 @@ def docs_section(result: dict[str, Any]) -> str:
         if params["arrivals"] == "uniform"
         else "exponential gaps between a device's requests (Poisson arrivals)"
     )
+    sync = int(params.get("sync_workers", 0))
     measured = WHAT_IS_MEASURED.format(
         backend=params["backend"],
         devices=params["devices"],
@@ -809,6 +822,13 @@ def docs_section(result: dict[str, Any]) -> str:
         idle=params["idle"],
         idle_rooms=params["idle_rooms"],
         deflate="yes" if params["idle_deflate"] else "no",
+        serve_flags=f" --sync-workers {sync}" if sync else "",
+        processes=(
+            f": one process holds the room connections and {sync} worker processes run push, "
+            "pull and ack on the same store (web/sync_workers.py)"
+            if sync
+            else ", one process"
+        ),
     )
     targets = (
         "Targets (the issue): p95 push ≤ 50 ms, pull ≤ 50 ms, ack ≤ 10 ms at 1x; at 3x push "

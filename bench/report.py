@@ -55,7 +55,9 @@ or transport failure is an error, counted over warm-up and window, by status and
 CPU over the measured window: client = the busiest client process / all client processes,
 server = `crdt-sync` and its children, other = the rest of the machine (PostgreSQL's processes,
 or anything else that ran), each in % of one core; machine = all cores busy, in % of the whole
-machine. Saturation = the highest req/s seen over the concurrency levels.
+machine. Saturation = the highest req/s seen over the concurrency levels. A crdt-sync backend
+named `sqlite+2w` is the server started with `--sync-workers 2` (push, pull and ack run in two
+worker processes beside the main one: web/sync_workers.py); plain `sqlite` is one process.
 """
 
 MODES = {

@@ -71,6 +71,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     exit_code: int | None = None
     shutdown_s: float | None = None
+    sync_workers: int = 0  # `crdt-sync serve --sync-workers N`
 
     @property
     def base_url(self) -> str:
@@ -85,6 +86,8 @@ class ServerProcess:
         cmd += ["--data-dir", str(self.data_dir)]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
+        if self.sync_workers:
+            cmd += ["--sync-workers", str(self.sync_workers)]
         return cmd
 
     def start(self, ready_timeout: float = 60.0) -> None:
