@@ -85,28 +85,43 @@ class InlineConnection:
 
 class _FileLock:
     """The database file's writer lock across processes: an exclusive flock on a file beside
-    it. Held from a batch's BEGIN to the end of its COMMIT or ROLLBACK."""
+    it. Held from a batch's BEGIN to the end of its COMMIT or ROLLBACK; taken by one batch of
+    this process at a time (the engine's writer lock)."""
 
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # A wait in a thread, kept when its waiter is cancelled: the thread takes the lock
+        # either way, and one flock per open file is no lock between its users, so the next
+        # acquire joins that wait instead of starting another; with nobody waiting any more,
+        # the lock is given back as soon as the thread has it.
+        self._taking: asyncio.Future[None] | None = None
+        self._waiters = 0
 
     async def acquire(self) -> None:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass  # another process is writing: wait in a thread, not on the loop
-        taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX))
+        taking = self._taking
+        if taking is None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass  # another process is writing: wait in a thread, not on the loop
+            taking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, self.fd, fcntl.LOCK_EX))
+            self._taking = taking
+            taking.add_done_callback(self._taken)
+        self._waiters += 1
         try:
             await asyncio.shield(taking)
-        except asyncio.CancelledError:
-            # The thread takes the lock either way: give it back once it has.
-            taking.add_done_callback(self._give_back)
-            raise
+        finally:
+            self._waiters -= 1
+            if taking.done() and self._taking is taking:
+                self._taking = None
 
-    def _give_back(self, taking: asyncio.Future[None]) -> None:
-        if not taking.cancelled() and taking.exception() is None:
-            self.release()
+    def _taken(self, taking: asyncio.Future[None]) -> None:
+        """Runs before the waiters resume: with none left, nobody will release the lock."""
+        if self._waiters == 0 and self._taking is taking:
+            self._taking = None
+            if not taking.cancelled() and taking.exception() is None:
+                self.release()
 
     def release(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -507,3 +507,66 @@ def test_sync_workers_setting_is_checked(tmp_path: Path, monkeypatch: pytest.Mon
         build_config(data_dir=str(tmp_path))
     monkeypatch.setenv("CRDT_SYNC_SYNC_WORKERS", "2")
     assert build_config(data_dir=str(tmp_path)).sync_workers == 2
+
+
+async def test_sqlite_writer_lock_waits_off_the_loop_and_survives_a_cancelled_wait(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """Two engines on one file stand for two processes: while one holds the file's writer
+    lock, the other's write waits without blocking the event loop; a waiter cancelled
+    meanwhile does not keep the lock, nor take it from a later writer."""
+    from sqlalchemy import text
+
+    a, b = await open_store(None, tmp_path), await open_store(None, tmp_path)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def write(store: SqlStore, key: str, hold: asyncio.Event | None = None) -> None:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO crdt_meta (key, value) VALUES (:k, 'v')"), {"k": key}
+            )
+            if hold is not None:
+                await hold.wait()
+
+    tick = asyncio.create_task(ticker())
+    try:
+        hold = asyncio.Event()
+        first = asyncio.create_task(write(a, "a1", hold))
+        await asyncio.sleep(0.1)  # a's batch holds the lock
+        waiting = asyncio.create_task(write(b, "b-cancelled"))
+        before = ticks
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert ticks - before >= 10, "the event loop stalled while b waited"
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        hold2 = asyncio.Event()
+        second = asyncio.create_task(write(b, "b2", hold2))  # joins the cancelled one's wait
+        await asyncio.sleep(0.1)
+        assert not second.done()
+        hold.set()
+        await asyncio.wait_for(first, 10)
+        await asyncio.sleep(0.2)  # b2 has the lock now, and holds it
+        third = asyncio.create_task(write(a, "a3"))
+        before = ticks
+        await asyncio.sleep(0.3)
+        assert ticks - before >= 10, "the event loop stalled: a3 did not wait for the lock"
+        assert not third.done(), "a3 wrote while b2 held the lock"
+        hold2.set()
+        await asyncio.wait_for(asyncio.gather(second, third), 10)
+        # everything was given back: a and b both write again at once
+        await asyncio.wait_for(asyncio.gather(write(a, "a4"), write(b, "b3")), 10)
+        async with a.engine.connect() as conn:
+            keys = {r[0] for r in await conn.execute(text("SELECT key FROM crdt_meta"))}
+        assert {"a1", "b2", "a3", "a4", "b3"} <= keys and "b-cancelled" not in keys
+    finally:
+        tick.cancel()
+        await a.close()
+        await b.close()
