@@ -61,6 +61,10 @@ class Settings:
     optimistic_push: bool = False
 
 
+def _encoded(results: dict[str, MutationResult]) -> dict[str, str]:
+    return {mutation_id: result.encoded for mutation_id, result in results.items()}
+
+
 class _Plan:
     """A push decided on reads outside its write transaction (`Settings.optimistic_push`). It
     stands in for the transaction: it reads through `reads` and remembers what it saw (the
@@ -70,7 +74,7 @@ class _Plan:
 
     def __init__(self, reads: ReadTx) -> None:
         self._reads = reads
-        self._seen_results: list[tuple[str, list[str], frozenset[str]]] = []
+        self._seen_results: list[tuple[str, list[str], dict[str, str]]] = []
         self._seen_entities: list[tuple[list[EntityKey], dict[EntityKey, int]]] = []
         self._writes: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -83,7 +87,7 @@ class _Plan:
         self, device_id: str, mutation_ids: Sequence[str]
     ) -> dict[str, MutationResult]:
         found = await self._reads.get_results(device_id, mutation_ids)
-        self._seen_results.append((device_id, list(mutation_ids), frozenset(found)))
+        self._seen_results.append((device_id, list(mutation_ids), _encoded(found)))
         return found
 
     async def entity_seqs(self, keys: Sequence[EntityKey]) -> dict[EntityKey, int]:
@@ -110,7 +114,8 @@ class _Plan:
 
     async def holds(self, tx: WriteTx) -> bool:
         for device_id, ids, seen in self._seen_results:
-            if frozenset(await tx.get_results(device_id, ids)) != seen:
+            # by content: a pruned record and a retry's new one would have the same ids
+            if _encoded(await tx.get_results(device_id, ids)) != seen:
                 return False
         for keys, seqs in self._seen_entities:
             if await tx.entity_seqs(keys) != seqs:

@@ -24,13 +24,13 @@ What inline costs, and why that is acceptable:
 - A statement that waits on SQLite's lock would block the loop for busy_timeout. In this
   process that cannot happen: one write transaction at a time holds the engine's writer lock
   (the committer holds it during a COMMIT), and nothing awaits anything but these inline calls
-  while one is open. Across processes (sync workers, web/sync_workers.py) a batch first takes
-  the file's writer lock (`_FileLock`, an flock beside the database: waited for in a thread,
-  so the loop runs on, and handed over by the kernel as soon as it is free), then BEGIN
-  IMMEDIATE, so its reads see what it will write over: a deferred transaction that read
-  before another process committed could not write at all (SQLITE_BUSY_SNAPSHOT). A process
-  that writes without the flock (`crdt-sync prune` next to a running server) can still make a
-  server wait for it, at most busy_timeout.
+  while one is open. Across processes (sync workers, web/sync_workers.py; `crdt-sync prune`
+  next to a running server) a batch first takes the file's writer lock (`_FileLock`, an flock
+  beside the database, waited for in a thread so the loop runs on; not FIFO: a busy process
+  can take it again before a waiting one), then BEGIN IMMEDIATE, so its reads see what it will
+  write over: a deferred transaction that read before another process committed could not
+  write at all (SQLITE_BUSY_SNAPSHOT). A program that writes the file without the flock can
+  still make a server wait for it, at most busy_timeout.
 """
 
 from __future__ import annotations
@@ -111,23 +111,34 @@ class _FileLock:
         self._waiters += 1
         try:
             await asyncio.shield(taking)
-        finally:
+        except BaseException:
             self._waiters -= 1
-            if taking.done() and self._taking is taking:
-                self._taking = None
+            if taking.done():
+                # Cancelled after the thread took the lock, before this waiter resumed.
+                self._finish(taking)
+            raise
+        self._waiters -= 1
+        if self._taking is taking:
+            self._taking = None
 
     def _taken(self, taking: asyncio.Future[None]) -> None:
         """Runs before the waiters resume: with none left, nobody will release the lock."""
-        if self._waiters == 0 and self._taking is taking:
+        if self._waiters == 0:
+            self._finish(taking)
+
+    def _finish(self, taking: asyncio.Future[None]) -> None:
+        if self._taking is taking:
             self._taking = None
             if not taking.cancelled() and taking.exception() is None:
                 self.release()
 
     def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        os.close(self.fd)
+        fd, self.fd = self.fd, -1
+        os.close(fd)  # a wait still in its thread fails on the closed file and releases nothing
 
 
 class _Batch:

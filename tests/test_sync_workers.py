@@ -175,6 +175,8 @@ async def test_a_killed_worker_loses_nothing_and_is_replaced(
             now = pool(srv).slots[0]
             return now is not None and now is not first and now.alive
 
+        # the requests in flight at the kill and those until the new worker was up ran here
+        assert own_count(srv, "/sync/v1/push") > 0
         await poll(replaced, timeout=30, what="a new worker")
         before = own_count(srv, "/sync/v1/push")
         await dev.push(batch(dev, 5, "after"))
@@ -260,14 +262,21 @@ async def run_script(service: SyncService, interfere: bool = False) -> list[list
     return out
 
 
-async def stored(store: SqlStore) -> list[tuple[Any, ...]]:
+async def stored(store: SqlStore) -> list[Any]:
+    """Entities, archived snapshots and conflicts (without their random ids and times)."""
+    from sqlalchemy import select
+
+    from storage.schema import conflicts, entities, snapshots
+
     async with store.engine.connect() as conn:
-        from sqlalchemy import select
-
-        from storage.schema import entities
-
         rows = (await conn.execute(select(entities).order_by(entities.c.seq))).all()
-    return [(r.entity_type, r.entity_id, r.payload, r.clock, r.deleted, r.seq) for r in rows]
+        archived = (await conn.execute(select(snapshots))).all()
+        recorded = (await conn.execute(select(conflicts))).all()
+    return [
+        [(r.entity_type, r.entity_id, r.payload, r.clock, r.deleted, r.seq) for r in rows],
+        sorted((r.entity_type, r.entity_id, r.reason, r.device_id, r.content) for r in archived),
+        sorted((r.entity_type, r.entity_id, r.status) for r in recorded),
+    ]
 
 
 async def test_optimistic_push_answers_and_stores_what_the_ordinary_one_does(
@@ -292,6 +301,7 @@ async def test_optimistic_push_answers_and_stores_what_the_ordinary_one_does(
 
     assert strip(outcomes[0][0]) == strip(outcomes[1][0])
     assert outcomes[0][1] == outcomes[1][1]
+    assert outcomes[1][1][1] and outcomes[1][1][2]  # the script archives and records conflicts
     statuses = {r["status"] for a in outcomes[1][0] for r in a}
     assert statuses == {"applied", "merged", "conflict", "stale", "rejected", "duplicate"}
 
@@ -570,3 +580,71 @@ async def test_sqlite_writer_lock_waits_off_the_loop_and_survives_a_cancelled_wa
         tick.cancel()
         await a.close()
         await b.close()
+
+
+async def test_sqlite_writer_lock_cancelled_as_it_is_taken_is_given_back(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """The narrowest window: the thread has taken the lock and the waiter is cancelled before
+    it resumes. Nobody holds the batch, so the lock must be free again for the other engine."""
+    from sqlalchemy import text
+
+    a, b = await open_store(None, tmp_path), await open_store(None, tmp_path)
+
+    async def write(store: SqlStore, key: str, hold: asyncio.Event | None = None) -> None:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO crdt_meta (key, value) VALUES (:k, 'v')"), {"k": key}
+            )
+            if hold is not None:
+                await hold.wait()
+
+    try:
+        hold = asyncio.Event()
+        first = asyncio.create_task(write(a, "a1", hold))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(write(b, "b-cancelled"))
+        await asyncio.sleep(0.1)
+        taking = b.engine._file_lock._taking  # type: ignore[union-attr]
+        assert taking is not None, "b should be waiting for the file lock in a thread"
+        # runs after the lock's own callback and after the waiter's wake-up was scheduled
+        taking.add_done_callback(lambda _: waiting.cancel())
+        hold.set()
+        await asyncio.wait_for(first, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.wait_for(write(a, "a2"), 5)  # a would wait forever on a leaked lock
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_stuck_worker_is_killed_and_its_request_runs_here(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from web import sync_workers
+
+    monkeypatch.setattr(sync_workers, "REQUEST_TIMEOUT_S", 1.0)
+    async with worker_server(tmp_path, None, "sqlite", 1) as srv:
+        dev = await Device.register(srv.http(), srv.token(TENANT, "alice"), "dev-a")
+        stuck = pool(srv).slots[0]
+        assert stuck is not None
+        os.kill(stuck.pid, signal.SIGSTOP)  # alive, never answers
+        results = await dev.push(batch(dev, 5, "s"))
+        assert {r["status"] for r in results} == {"applied"}
+        assert own_count(srv, "/sync/v1/push") == 1
+        assert await poll(lambda: asyncio.sleep(0, not alive(stuck.pid)), what="the kill")
+
+        async def replaced() -> bool:
+            now = pool(srv).slots[0]
+            return now is not None and now is not stuck and now.alive
+
+        await poll(replaced, timeout=30, what="a new worker")
+
+
+def test_sync_workers_refuse_an_in_memory_database() -> None:
+    from web.config import Config
+
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"):
+        with pytest.raises(ValueError, match="memory"):
+            SyncWorkers(Config(database_url=url, sync_workers=1))

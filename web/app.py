@@ -66,7 +66,7 @@ def create_app(
         rt.extras["on_shutdown"] = [rooms.shutdown]
         rt.extras["on_stop"] = [rooms.shutdown]
         if config.sync_workers:
-            workers = SyncWorkers(config)
+            workers = SyncWorkers(config, settings)
             await workers.start()
             rt.extras["sync_workers"] = workers
 

@@ -9,8 +9,9 @@ processes that run them on the same store:
   request to exactly `/sync/v1/push`, `/sync/v1/pull` or `/sync/v1/ack` its ASGI entry
   (`SyncDispatch`, in front of Quart) reads the body and hands the request to a worker over a
   Unix socket pair; the worker runs it through the same Quart app (auth, HMAC, limits, the
-  service) and sends back status, headers and body. One device's requests always go to the
-  same worker (its rate-limit bucket lives there).
+  service) and sends back status, headers and body. One device's requests go to the same
+  worker while it is up (its rate-limit bucket lives there; a request run in the main process,
+  or under a new token, counts against another bucket).
 - Writes from several processes: on SQLite each batch holds the file's writer lock
   (storage/inline_sqlite.py); PostgreSQL needs nothing new (design.md §6).
 - A worker that dies fails nothing: its requests in flight, and the ones that come until it
@@ -43,6 +44,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from crdt_sync.services import Settings
 from web.config import Config
 
 log = logging.getLogger("crdt_sync.sync_workers")
@@ -63,6 +65,11 @@ SCOPE_KEYS = (
 )
 RESPAWN_DELAY_S = 1.0
 STOP_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 60.0
+# A worker that has not answered a request in this long is stuck: it is killed, and the
+# request runs in the main process (a push is idempotent per mutation id).
+REQUEST_TIMEOUT_S = 120.0
+METRICS_TIMEOUT_S = 5.0
 _HEADER = struct.Struct("!I")
 _INTERNAL = b'{"error": {"code": "internal", "message": "internal error; the incident was logged"}}'
 
@@ -70,6 +77,18 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _in_memory(url: str | None) -> bool:
+    return (
+        url is not None
+        and url.startswith("sqlite")
+        and (
+            url.rstrip("/") in ("sqlite:", "sqlite+pysqlite:", "sqlite+aiosqlite:")
+            or ":memory:" in url
+            or "mode=memory" in url
+        )
+    )
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -106,7 +125,7 @@ class _Worker:
         self.alive = True
         self.listener: asyncio.Task[None] | None = None
 
-    async def call(self, kind: str, *args: Any) -> tuple[Any, ...]:
+    async def call(self, kind: str, *args: Any, timeout: float) -> tuple[Any, ...]:
         if not self.alive:
             raise WorkerLost("the worker has stopped")
         rid = next(self.ids)
@@ -114,12 +133,28 @@ class _Worker:
         self.pending[rid] = reply
         try:
             self.writer.write(_frame((kind, rid, *args)))
-            await self.writer.drain()
-            return await reply
+            await asyncio.wait_for(self._sent_and(reply), timeout)
+            return reply.result()
+        except TimeoutError:
+            log.error("sync worker pid %d did not answer in %g s; killing it", self.pid, timeout)
+            self.kill()
+            raise WorkerLost("the worker did not answer") from None
         except (ConnectionError, RuntimeError) as exc:
             raise WorkerLost(str(exc)) from exc
         finally:
             self.pending.pop(rid, None)
+
+    async def _sent_and(self, reply: asyncio.Future[tuple[Any, ...]]) -> None:
+        await self.writer.drain()
+        await asyncio.shield(reply)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
 
     async def listen(self) -> None:
         """Route replies to their callers until the worker's end closes."""
@@ -131,6 +166,9 @@ class _Worker:
                     reply.set_result(tuple(rest))
         except (ConnectionError, OSError):
             pass
+        except Exception:  # a garbled channel: this worker is of no use any more
+            log.exception("sync worker pid %d: unreadable reply; killing it", self.pid)
+            self.kill()
         finally:
             self.alive = False
             self.writer.close()
@@ -142,15 +180,23 @@ class _Worker:
 class SyncWorkers:
     """The worker processes of one server and the channel to each."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, settings: Settings | None = None) -> None:
+        if _in_memory(config.database_url):
+            raise ValueError("sync workers need a database file or PostgreSQL, not :memory:")
         self.config = config
+        self.settings = settings
         self.slots: list[_Worker | None] = [None] * config.sync_workers
         self.stopping = False
         self._respawns: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        started = await asyncio.gather(*(self._spawn() for _ in self.slots))
+        started = await asyncio.gather(*(self._spawn() for _ in self.slots), return_exceptions=True)
+        failed = [w for w in started if isinstance(w, BaseException)]
+        if failed:
+            await asyncio.gather(*(self._close(w) for w in started if isinstance(w, _Worker)))
+            raise failed[0]
         for index, worker in enumerate(started):
+            assert isinstance(worker, _Worker)
             self._install(index, worker)
 
     async def _spawn(self) -> _Worker:
@@ -165,16 +211,23 @@ class SyncWorkers:
             )
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        writer.write(_frame(("config", self.config)))
-        await writer.drain()
-        ready = await _read(reader)
-        if ready is None or ready[0] != "ready":
-            writer.close()
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+            writer.write(_frame(("config", self.config, self.settings)))
+            await writer.drain()
+            ready = await asyncio.wait_for(_read(reader), START_TIMEOUT_S)
+            if ready is None or ready[0] != "ready":
+                raise RuntimeError("a sync worker failed to start (see its log above)")
+        except BaseException:  # cancelled too: leave no process or socket behind
+            if writer is not None:
+                writer.close()
+            else:
+                ours.close()
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            await process.wait()
-            raise RuntimeError("a sync worker failed to start (see its log above)")
+            await asyncio.shield(process.wait())
+            raise
         return _Worker(process, reader, writer)
 
     def _install(self, index: int, worker: _Worker) -> None:
@@ -185,7 +238,11 @@ class SyncWorkers:
         await worker.listen()
         if self.stopping:
             return
-        code = await worker.process.wait()
+        try:
+            code = await asyncio.wait_for(worker.process.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:  # it closed its end but lives on
+            worker.kill()
+            code = await worker.process.wait()
         log.warning(
             "sync worker %d (pid %d) ended with %s; starting another",
             index,
@@ -226,7 +283,7 @@ class SyncWorkers:
     async def forward(self, worker: _Worker, scope: Scope, body: bytes) -> tuple[Any, ...]:
         """(status, headers, body) of the request as the worker answered it."""
         request = {key: scope[key] for key in SCOPE_KEYS if key in scope}
-        return await worker.call("http", request, body)
+        return await worker.call("http", request, body, timeout=REQUEST_TIMEOUT_S)
 
     async def metrics(self) -> list[str]:
         """Each live worker's metrics in the Prometheus text format."""
@@ -234,14 +291,16 @@ class SyncWorkers:
         for worker in self.slots:
             if worker is not None and worker.alive:
                 with contextlib.suppress(WorkerLost):
-                    (text,) = await worker.call("metrics")
+                    (text,) = await worker.call("metrics", timeout=METRICS_TIMEOUT_S)
                     texts.append(text)
         return texts
 
     async def stop(self) -> None:
         self.stopping = True
-        for task in list(self._respawns):
+        respawns = list(self._respawns)
+        for task in respawns:
             task.cancel()
+        await asyncio.gather(*respawns, return_exceptions=True)
         workers = [w for w in self.slots if w is not None]
         self.slots = [None] * len(self.slots)
         await asyncio.gather(*(self._close(w) for w in workers))
@@ -253,9 +312,8 @@ class SyncWorkers:
         try:
             await asyncio.wait_for(worker.process.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
-            log.error("sync worker pid %d did not stop; killing it", worker.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.kill()
+            log.error("sync worker pid %d did not stop; killing it", worker.pid)
+            worker.kill()
             await worker.process.wait()
         if worker.listener is not None:
             worker.listener.cancel()
@@ -385,7 +443,7 @@ async def _worker_main(fd: int) -> None:
     from web.app import create_app
     from web.cli import tune_gc
 
-    app = create_app(config, sync_worker=True)
+    app = create_app(config, settings=first[2], sync_worker=True)
     await app.startup()
     tune_gc()
     writer.write(_frame(("ready",)))
