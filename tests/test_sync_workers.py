@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from crdt_sync.model import LocalMutation
 from crdt_sync.ports import ManualClock
@@ -519,14 +520,20 @@ def test_sync_workers_setting_is_checked(tmp_path: Path, monkeypatch: pytest.Mon
     assert build_config(data_dir=str(tmp_path)).sync_workers == 2
 
 
+async def write(store: SqlStore, key: str, hold: asyncio.Event | None = None) -> None:
+    """One write transaction of `store`, held open until `hold` is set."""
+    async with store.engine.begin() as conn:
+        await conn.execute(text("INSERT INTO crdt_meta (key, value) VALUES (:k, 'v')"), {"k": key})
+        if hold is not None:
+            await hold.wait()
+
+
 async def test_sqlite_writer_lock_waits_off_the_loop_and_survives_a_cancelled_wait(
     anyio_backend: str, tmp_path: Path
 ) -> None:
     """Two engines on one file stand for two processes: while one holds the file's writer
     lock, the other's write waits without blocking the event loop; a waiter cancelled
     meanwhile does not keep the lock, nor take it from a later writer."""
-    from sqlalchemy import text
-
     a, b = await open_store(None, tmp_path), await open_store(None, tmp_path)
     ticks = 0
 
@@ -535,14 +542,6 @@ async def test_sqlite_writer_lock_waits_off_the_loop_and_survives_a_cancelled_wa
         while True:
             ticks += 1
             await asyncio.sleep(0.01)
-
-    async def write(store: SqlStore, key: str, hold: asyncio.Event | None = None) -> None:
-        async with store.engine.begin() as conn:
-            await conn.execute(
-                text("INSERT INTO crdt_meta (key, value) VALUES (:k, 'v')"), {"k": key}
-            )
-            if hold is not None:
-                await hold.wait()
 
     tick = asyncio.create_task(ticker())
     try:
@@ -587,17 +586,7 @@ async def test_sqlite_writer_lock_cancelled_as_it_is_taken_is_given_back(
 ) -> None:
     """The narrowest window: the thread has taken the lock and the waiter is cancelled before
     it resumes. Nobody holds the batch, so the lock must be free again for the other engine."""
-    from sqlalchemy import text
-
     a, b = await open_store(None, tmp_path), await open_store(None, tmp_path)
-
-    async def write(store: SqlStore, key: str, hold: asyncio.Event | None = None) -> None:
-        async with store.engine.begin() as conn:
-            await conn.execute(
-                text("INSERT INTO crdt_meta (key, value) VALUES (:k, 'v')"), {"k": key}
-            )
-            if hold is not None:
-                await hold.wait()
 
     try:
         hold = asyncio.Event()
