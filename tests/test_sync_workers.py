@@ -98,6 +98,9 @@ async def test_sync_routes_run_in_workers_and_metrics_add_up(
         assert await exposed(srv, "crdt_sync_http_requests_total", route="/sync/v1/ack") == 4
         assert await exposed(srv, "crdt_sync_mutations_total", status="applied") == 80
         assert await exposed(srv, "crdt_sync_pulled_changes_total") == 4 * 80
+        # optimistic pushes (two workers) on distinct entities: every plan held
+        assert await exposed(srv, "crdt_sync_pushes_decided_again_total") == 0
+        assert "crdt_sync_pushes_decided_again_total" in (await srv.http().get("/metrics")).text
         # device registration stays in the main process
         assert own_count(srv, "/sync/v1/devices", "201") == 4
 

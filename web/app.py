@@ -53,6 +53,11 @@ def create_app(
     async def _start() -> None:
         store = await open_store(config.database_url, config.data_dir)
         service = SyncService(store, registry, clock, settings)
+        metrics.count_from(
+            "crdt_sync_pushes_decided_again_total",
+            "Optimistic pushes whose reads had changed by their transaction",
+            lambda: service.pushes_decided_again,
+        )
         rt = Runtime(config, clock, store, service, CursorCodec(config.server_key), metrics)
         app.extensions["crdt_sync"] = rt
         if sync_worker:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 
 class Metrics:
@@ -49,6 +53,17 @@ class Metrics:
         self.pruned = Counter(
             "crdt_sync_pruned_total", "Rows removed by retention", ["kind"], registry=r
         )
+
+    def count_from(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A counter whose value is read from elsewhere at each scrape."""
+
+        class _Read:
+            def collect(self) -> Iterator[Metric]:
+                family = CounterMetricFamily(name, documentation)
+                family.add_metric([], read())
+                yield family
+
+        self.registry.register(_Read())  # type: ignore[arg-type]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
