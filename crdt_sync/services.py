@@ -68,7 +68,7 @@ def _encoded(results: dict[str, MutationResult]) -> dict[str, str]:
 class _Plan:
     """A push decided on reads outside its write transaction (`Settings.optimistic_push`). It
     stands in for the transaction: it reads through `reads` and remembers what it saw (the
-    seq of each entity, which results existed), and records the writes. In the transaction,
+    seq of each entity, the idempotency records), and records the writes. In the transaction,
     `holds` reads the same again: every write moves an entity's seq, so equal reads mean the
     same decisions, and `replay` makes the recorded writes (seqs are taken there)."""
 

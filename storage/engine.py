@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine as sa_create_engine
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from storage.inline_sqlite import Engine, InlineEngine
+from storage.inline_sqlite import Engine, InlineEngine, without_file
 from storage.schema import migrate
 from storage.store import SqlStore
 
@@ -29,6 +29,15 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "sqlite://" + url[len(prefix) :]
     return url
+
+
+def single_process_only(url: str | None) -> bool:
+    """A SQLite URL that several processes cannot share through the writer lock (see
+    `inline_sqlite.without_file`); None is the data folder's file, which they can."""
+    if url is None:
+        return False
+    url = normalise_url(url)
+    return url.startswith("sqlite") and without_file(make_url(url).database)
 
 
 def create_engine(url: str) -> Engine:

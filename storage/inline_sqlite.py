@@ -204,6 +204,12 @@ class _Writer:
         self.committer = asyncio.create_task(commit_batches(self))
 
 
+def without_file(database: str | None) -> bool:
+    """A SQLite database that is no plain file path (in memory, or a `file:` URI): the
+    writer lock has no file to sit beside, so only one process may use it."""
+    return not database or database == ":memory:" or database.startswith("file:")
+
+
 class InlineEngine:
     """The subset of `AsyncEngine` the store uses, over a sync engine."""
 
@@ -213,8 +219,7 @@ class InlineEngine:
         self.dialect = sync_engine.dialect
         self._writer: _Writer | None = None
         database = sync_engine.url.database
-        in_memory = not database or database == ":memory:" or database.startswith("file:")
-        self._file_lock = None if in_memory else _FileLock(f"{database}-writer.lock")
+        self._file_lock = None if without_file(database) else _FileLock(f"{database}-writer.lock")
         # Reads share one connection, kept open: the driver is in autocommit mode, so each
         # statement reads the latest commit, and a pool checkout and reset per read cost more
         # than a small read itself. A read that overlaps another (its body awaits something

@@ -254,6 +254,19 @@ SCRIPT = [
 ]
 
 
+CLOCK = ManualClock(datetime(2026, 12, 1, tzinfo=UTC))  # never moved
+REGISTRY = EntityRegistry.from_config({})
+
+
+@contextlib.asynccontextmanager
+async def opened(path: Path, database_url: str | None = None) -> AsyncIterator[SqlStore]:
+    store = await open_store(database_url, path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 async def run_script(service: SyncService, interfere: bool = False) -> list[list[dict[str, Any]]]:
     out = []
     for n, steps in enumerate(SCRIPT):
@@ -286,18 +299,13 @@ async def stored(store: SqlStore) -> list[Any]:
 async def test_optimistic_push_answers_and_stores_what_the_ordinary_one_does(
     anyio_backend: str, tmp_path: Path
 ) -> None:
-    clock = ManualClock(datetime(2026, 12, 1, tzinfo=UTC))
-    registry = EntityRegistry.from_config({})
     outcomes = []
     for optimistic in (False, True):
-        store = await open_store(None, tmp_path / str(optimistic))
-        try:
-            service = SyncService(store, registry, clock, Settings(optimistic_push=optimistic))
+        async with opened(tmp_path / str(optimistic)) as store:
+            service = SyncService(store, REGISTRY, CLOCK, Settings(optimistic_push=optimistic))
             answers = await run_script(service)
             outcomes.append((answers, await stored(store)))
             assert service.pushes_decided_again == 0  # every plan held and was replayed
-        finally:
-            await store.close()
 
     # conflict ids are random: compare everything else
     def strip(answers: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
@@ -314,13 +322,10 @@ async def test_entity_seqs_are_the_seqs_get_entities_reads(
     anyio_backend: str, tmp_path: Path, database_url: str | None
 ) -> None:
     """The optimistic push's check reads only seqs (`entity_seqs`): the same as the states'."""
-    clock = ManualClock(datetime(2026, 12, 1, tzinfo=UTC))
-    registry = EntityRegistry.from_config({})
-    store = await open_store(database_url, tmp_path)
-    try:
-        service = SyncService(store, registry, clock, Settings())
+    async with opened(tmp_path, database_url) as store:
+        service = SyncService(store, REGISTRY, CLOCK, Settings())
         await run_script(service)
-        etypes = {name: registry.get(name) for name in ("progress", "bookmark", "note")}
+        etypes = {name: REGISTRY.get(name) for name in ("progress", "bookmark", "note")}
         keys = [
             service.key_for(TENANT, etype, entity_id, "alice")  # type: ignore[arg-type]
             for name, etype in etypes.items()
@@ -332,13 +337,11 @@ async def test_entity_seqs_are_the_seqs_get_entities_reads(
             seqs = await reads.entity_seqs(keys)
         assert len(states) == 3  # progress c1, bookmark b1 (a tombstone), note n1
         assert seqs == {k: s.seq for k, s in states.items()}
-        async with store.write(TENANT, clock.now()) as tx:
+        async with store.write(TENANT, CLOCK.now()) as tx:
             assert await tx.entity_seqs(keys) == seqs
             (state,) = [s for k, s in states.items() if k.entity_type == "note"]
             written = await tx.put_entity(state)
             assert (await tx.entity_seqs(keys))[state.key] == written.seq > seqs[state.key]
-    finally:
-        await store.close()
 
 
 class _Interfering:
@@ -368,13 +371,10 @@ class _Interfering:
 async def test_optimistic_push_decides_again_when_what_it_read_changed(
     anyio_backend: str, tmp_path: Path
 ) -> None:
-    clock = ManualClock(datetime(2026, 12, 1, tzinfo=UTC))
-    registry = EntityRegistry.from_config({})
-    store = await open_store(None, tmp_path)
-    try:
-        plain = SyncService(store, registry, clock, Settings())
+    async with opened(tmp_path) as store:
+        plain = SyncService(store, REGISTRY, CLOCK, Settings())
         wrapped = _Interfering(store, plain)
-        optimistic = SyncService(wrapped, registry, clock, Settings(optimistic_push=True))  # type: ignore[arg-type]
+        optimistic = SyncService(wrapped, REGISTRY, CLOCK, Settings(optimistic_push=True))  # type: ignore[arg-type]
         ctx = DeviceContext(TENANT, "alice", "d1")
         # Planned as "applied" on an absent entity; d9 writes it first: now it is concurrent
         # and the monotonic policy merges (the plan's answer would have lost d9's 0.9).
@@ -384,7 +384,7 @@ async def test_optimistic_push_decides_again_when_what_it_read_changed(
         assert optimistic.pushes_decided_again == 1
         assert result.status.value == "merged"
         state = await store.get_entity(
-            optimistic.key_for(TENANT, registry.get("progress"), "c1", "alice")  # type: ignore[arg-type]
+            optimistic.key_for(TENANT, REGISTRY.get("progress"), "c1", "alice")  # type: ignore[arg-type]
         )
         assert state is not None and state.payload == {"completion": 0.9}
         assert state.clock.to_json() == {"d1": 1, "d9": 1, "server": 1}
@@ -393,8 +393,6 @@ async def test_optimistic_push_decides_again_when_what_it_read_changed(
         (again,) = await optimistic.push(ctx, [first])
         assert (again.status.value, again.clock) == ("duplicate", result.clock)
         assert optimistic.pushes_decided_again == 2
-    finally:
-        await store.close()
 
 
 async def test_two_devices_through_two_workers_on_one_entity_lose_no_update(

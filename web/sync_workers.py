@@ -45,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from crdt_sync.services import Settings
+from storage.engine import single_process_only
 from web.config import Config
 
 log = logging.getLogger("crdt_sync.sync_workers")
@@ -77,18 +78,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def _in_memory(url: str | None) -> bool:
-    return (
-        url is not None
-        and url.startswith("sqlite")
-        and (
-            url.rstrip("/") in ("sqlite:", "sqlite+pysqlite:", "sqlite+aiosqlite:")
-            or ":memory:" in url
-            or "mode=memory" in url
-        )
-    )
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -181,8 +170,11 @@ class SyncWorkers:
     """The worker processes of one server and the channel to each."""
 
     def __init__(self, config: Config, settings: Settings | None = None) -> None:
-        if _in_memory(config.database_url):
-            raise ValueError("sync workers need a database file or PostgreSQL, not :memory:")
+        if single_process_only(config.database_url):
+            raise ValueError(
+                "sync workers need PostgreSQL or a SQLite file path, not an in-memory "
+                "database or a file: URI"
+            )
         self.config = config
         self.settings = settings
         self.slots: list[_Worker | None] = [None] * config.sync_workers
@@ -246,7 +238,7 @@ class SyncWorkers:
         log.warning(
             "sync worker %d (pid %d) ended with %s; starting another",
             index,
-            worker.process.pid,
+            worker.pid,
             code,
         )
         self.slots[index] = None
@@ -287,12 +279,17 @@ class SyncWorkers:
 
     async def metrics(self) -> list[str]:
         """Each live worker's metrics in the Prometheus text format."""
+        live = [w for w in self.slots if w is not None and w.alive]
+        replies = await asyncio.gather(
+            *(w.call("metrics", timeout=METRICS_TIMEOUT_S) for w in live), return_exceptions=True
+        )
         texts = []
-        for worker in self.slots:
-            if worker is not None and worker.alive:
-                with contextlib.suppress(WorkerLost):
-                    (text,) = await worker.call("metrics", timeout=METRICS_TIMEOUT_S)
-                    texts.append(text)
+        for reply in replies:
+            if isinstance(reply, WorkerLost):
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            texts.append(reply[0])
         return texts
 
     async def stop(self) -> None:
@@ -331,7 +328,7 @@ class SyncDispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         workers = self.workers() if scope["type"] == "http" else None
-        if workers is None or scope["path"] not in ROUTES or workers.pick(scope) is None:
+        if workers is None or scope["path"] not in ROUTES:
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
