@@ -98,6 +98,8 @@ class _Plan:
         return state
 
     async def put_results(self, device_id: str, results: Sequence[MutationResult]) -> None:
+        for r in results:
+            _ = r.encoded  # now, outside the transaction (with it, each entity's clock's)
         self._writes.append(("put_results", (device_id, results)))
 
     async def put_conflict(self, record: ConflictRecord) -> None:
@@ -338,14 +340,18 @@ class SyncService:
         else:  # APPLIED
             clock = m.clock if stored is None else stored.clock.merge(m.clock)
             winner_ts, winner_dev = ts, ctx.device_id
+        payload = None if decision.deleted else decision.payload
+        if payload is not m.payload:
+            # a merged payload: encoded here, where a planned push still holds no lock
+            payload_json = None if payload is None else canonical_json(payload)
         new_state = EntityState(
             key=key,
-            payload=None if decision.deleted else decision.payload,
+            payload=payload,
             clock=clock,
             deleted=decision.deleted,
             ts=winner_ts,
             device_id=winner_dev,
-            payload_json=payload_json if decision.payload is m.payload else None,
+            payload_json=payload_json,
         )
         states[key] = await tx.put_entity(new_state)
         return MutationResult(m.mutation_id, status, clock=clock)
