@@ -7,7 +7,8 @@
 In order: bench.ws_rooms (room fan-out 2/10/50 editors and 1k/5k/10k idle connections against
 crdt-sync, Hocuspocus, y-websocket's server and stock pycrdt-websocket), bench.http_sync (push
 and pull, closed loop, crdt-sync on SQLite against pouchdb-server in memory) and
-bench.open_loop (10k devices plus 10k idle room connections, 1x and 3x). Each writes its
+bench.open_loop (10k devices plus 10k idle room connections, 1x and 3x), then the diagnostic
+bench.sqlite_writes (what a push's writes cost SQLite itself). Each writes its
 JSON (bench/results/) and its section of docs/benchmarks.md; then this writes the targets
 table at the top of docs/benchmarks.md and the chart (docs/bench-latency.png), both from
 those JSON files. A benchmark that fails is reported and the others still run; the exit
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import chart, http_sync, open_loop, report, ws_rooms
+from bench import chart, http_sync, open_loop, report, sqlite_writes, ws_rooms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOCS = report.REPO / "docs" / "benchmarks.md"
@@ -232,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.all", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds each")
     parser.add_argument("--render", action="store_true", help="run nothing, redo the docs")
-    parser.add_argument("--skip", default="", help="comma list of ws_rooms,http_sync,open_loop")
+    parser.add_argument(
+        "--skip", default="", help="comma list of ws_rooms,http_sync,open_loop,sqlite_writes"
+    )
     parser.add_argument(
         "--out-dir",
         type=Path,
@@ -255,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ws_rooms", ws_rooms.main, [*opts("ws_rooms"), *([] if args.smoke else LIGHT_TOO)]),
         ("http_sync", http_sync.main, [*opts("http_sync"), "--backends", "sqlite"]),
         ("open_loop", open_loop.main, opts("open_loop")),
+        ("sqlite_writes", sqlite_writes.main, opts("sqlite_writes")),
     ]
     failed = []
     if not args.render:

@@ -23,7 +23,7 @@ def test_bench_all_smoke_writes_targets_and_chart(tmp_path: Path) -> None:
         require("NODE", reason)
     code = bench_all.main(["--smoke", "--out-dir", str(tmp_path)])
     assert code == 0
-    for name in ("ws_rooms", "http_sync", "open_loop"):
+    for name in ("ws_rooms", "http_sync", "open_loop", "sqlite_writes"):
         assert (tmp_path / f"{name}.json").stat().st_size > 0
     doc = (tmp_path / "benchmarks.md").read_text()
     assert bench_all.BEGIN in doc and bench_all.END in doc
