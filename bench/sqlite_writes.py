@@ -13,6 +13,8 @@ store's upsert and insert compiled by SQLAlchemy, and the rows come from the sto
 
 - **push**: the entity upserts and the idempotency records, what a push writes;
 - **entities only** / **records only**: each half alone;
+- **push, time-ordered ids**: the push again, from a client whose mutation ids grow with time
+  (UUIDv7-like) instead of random ones;
 
 each written through one connection, and through two that take turns ("two connections": what
 two sync workers do: each batch begins on a page cache that the other's commit invalidated).
@@ -51,6 +53,8 @@ WRITES = {
     "push": ("entities", "records"),
     "entities only": ("entities",),
     "records only": ("records",),
+    # the same push from a client whose mutation ids grow with time (UUIDv7-like)
+    "push, time-ordered ids": ("entities", "records", "ordered"),
 }
 CONNECTIONS = (1, 2)
 
@@ -106,6 +110,13 @@ class Workload:
         self.seq = 0
         self.counter = [0] * cfg.devices
         self.now = datetime.now(UTC)
+        self.ordered = False
+
+    def mutation_id(self) -> str:
+        if not self.ordered:
+            return str(uuid.uuid4())
+        # 48 bits of milliseconds, then randomness: a UUIDv7's order, not its exact bits
+        return str(uuid.UUID(int=(time.time_ns() // 1_000_000) << 80 | uuid.uuid4().int >> 48))
 
     def push(self, device: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         device_id = f"device-{device:04d}"
@@ -128,7 +139,7 @@ class Workload:
             rows.append(
                 dict(zip(codec.ENTITY_COLUMNS, codec.entity_values(state, self.now), strict=True))
             )
-            result = MutationResult(str(uuid.uuid4()), Status.APPLIED, clock=clock)
+            result = MutationResult(self.mutation_id(), Status.APPLIED, clock=clock)
             records.append(
                 {
                     "tenant_id": "tenant-1",
@@ -162,6 +173,7 @@ def run_cell(cfg: Config, writes: tuple[str, ...], connections: int) -> dict[str
         db = asyncio.run(_create(Path(tmp)))
         conns = [_connect(db) for _ in range(connections)]
         work = Workload(cfg)
+        work.ordered = "ordered" in writes
         body_ms: list[float] = []
         commit_ms: list[float] = []
         untimed = cfg.history * cfg.devices
@@ -188,7 +200,7 @@ def run_cell(cfg: Config, writes: tuple[str, ...], connections: int) -> dict[str
             conn.close()
         size = db.stat().st_size
     return {
-        "writes": " + ".join(writes),
+        "writes": " + ".join(w for w in writes if w != "ordered"),
         "connections": connections,
         "pushes": cfg.pushes,
         "body_ms": _stats(body_ms),
@@ -253,7 +265,8 @@ def docs_section(result: dict[str, Any]) -> str:
             "schema, pragmas (WAL, `synchronous=FULL`), statements and row encodings. Body = "
             "BEGIN IMMEDIATE to the last insert; commit = the COMMIT (its WAL frames and fsync). "
             "*entities only* / *records only* write one half of the push (the upserts; the "
-            "idempotency records, one per mutation, keyed by its random id). Two connections "
+            "idempotency records, one per mutation, keyed by its random id); *time-ordered ids*: "
+            "the whole push with mutation ids that grow with time (as UUIDv7s do). Two connections "
             "take turns, as two sync workers do. Share = of the push's body + commit on as many "
             f"connections; {params['pushes']} timed pushes per cell, one fresh database each.",
             "",
