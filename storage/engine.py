@@ -59,6 +59,9 @@ def create_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Not inside a COMMIT: the engine checkpoints after its commits, off the writer
+            # lock (storage/inline_sqlite.py, `_checkpoints`).
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         return InlineEngine(sync_engine)

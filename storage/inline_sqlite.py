@@ -83,6 +83,10 @@ class InlineConnection:
         return fn(self.sync_connection, *args, **kwargs)
 
 
+# How often at most the committed pages are copied from the WAL into the database file.
+CHECKPOINT_INTERVAL_S = 0.2
+
+
 class _FileLock:
     """The database file's writer lock across processes: an exclusive flock on a file beside
     it. Held from a batch's BEGIN to the end of its COMMIT or ROLLBACK; taken by one batch of
@@ -194,14 +198,21 @@ class _Batch:
 
 
 class _Writer:
-    """The per-event-loop part of group commit: the writer lock, the open batch, the committer."""
+    """The per-event-loop part of group commit: the writer lock, the open batch, the committer,
+    and the checkpointer that follows the commits."""
 
-    def __init__(self, commit_batches: Callable[[_Writer], Coroutine[Any, Any, None]]) -> None:
+    def __init__(
+        self,
+        commit_batches: Callable[[_Writer], Coroutine[Any, Any, None]],
+        checkpoints: Callable[[_Writer], Coroutine[Any, Any, None]],
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
+        self.committed = asyncio.Event()
         self.batch: _Batch | None = None
         self.committer = asyncio.create_task(commit_batches(self))
+        self.checkpointer = asyncio.create_task(checkpoints(self))
 
 
 def without_file(database: str | None) -> bool:
@@ -300,7 +311,7 @@ class InlineEngine:
     def _writer_for_this_loop(self) -> _Writer:
         writer = self._writer
         if writer is None or writer.loop is not asyncio.get_running_loop():
-            writer = self._writer = _Writer(self._commit_batches)
+            writer = self._writer = _Writer(self._commit_batches, self._checkpoints)
         return writer
 
     async def _commit_batches(self, writer: _Writer) -> None:
@@ -323,6 +334,35 @@ class InlineEngine:
                         raise
                 else:
                     batch.settle(None)
+                    writer.committed.set()
+
+    async def _checkpoints(self, writer: _Writer) -> None:
+        """Copy committed pages from the WAL into the database file, at most once per
+        `CHECKPOINT_INTERVAL_S` and only after a commit. SQLite's own automatic checkpoint
+        (off, `storage/engine.py`) would run inside the COMMIT that crosses its threshold,
+        while this process holds the writer lock (and the file's, which another process may
+        be waiting for); a PASSIVE checkpoint here waits for no writer and no writer waits
+        for it."""
+        while True:
+            await writer.committed.wait()
+            writer.committed.clear()
+            # Shielded: at shutdown the thread finishes the checkpoint either way.
+            await asyncio.shield(asyncio.to_thread(self._checkpoint))
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+
+    def _checkpoint(self) -> None:
+        try:
+            raw = self.sync_engine.raw_connection()
+        except Exception:  # the next commit tries again
+            return
+        try:
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            cursor.close()
+        except Exception:
+            pass  # busy (another process checkpoints) or the disk: the next one tries again
+        finally:
+            raw.close()
 
     async def dispose(self) -> None:
         writer, self._writer = self._writer, None
@@ -334,9 +374,10 @@ class InlineEngine:
                     await asyncio.shield(batch.done)
             async with writer.lock:  # a COMMIT in flight has finished
                 pass
-            writer.committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer.committer
+            for task in (writer.committer, writer.checkpointer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._drop_reader()
         self.sync_engine.dispose()
         if self._file_lock is not None:
